@@ -1,0 +1,370 @@
+"""Lightning data module for the text-classification tasks, plus a resumable shuffling sampler.
+
+Splits: ``train`` and ``validation`` are carved from the task's train split (seeded by
+``split_seed``; stratified by label for classification), validation drives early stopping and
+model selection, and ``test`` is ``task.test_split``, a labelled split nothing is tuned on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import datasets
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
+
+from bayesian_lora.data.tasks import TaskSpec, get_task
+
+log = logging.getLogger(__name__)
+
+DATA_DIR_ENV = "BAYESIAN_LORA_DATA_DIR"
+LABELS = "labels"
+
+
+def resolve_data_dir(data_dir: str | os.PathLike[str] | None) -> Path | None:
+    """The local data root: ``data_dir`` if given, else ``$BAYESIAN_LORA_DATA_DIR``, else None.
+
+    None means "load from the Hugging Face Hub". The result has ``~`` expanded and is absolute.
+    """
+    value = data_dir if data_dir not in (None, "") else os.environ.get(DATA_DIR_ENV)
+    return Path(value).expanduser().resolve() if value else None
+
+
+def _missing(task: TaskSpec, path: Path, reason: str) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"task {task.name!r} (Hub dataset {task.hub_id!r}, config {task.hub_config!r}) not found "
+        f"in the local data folder {path}: {reason}. Put a copy of the Hub repo there, or point "
+        f"paths.data_dir (or ${DATA_DIR_ENV}) at the folder that holds {task.hub_id}/, or leave "
+        "both unset to download from the Hugging Face Hub."
+    )
+
+
+def load_task_dataset(
+    task: TaskSpec, data_dir: Path | None, cache_dir: str | None = None
+) -> datasets.DatasetDict:
+    """Load ``task`` from ``data_dir / task.hub_id`` (a local copy laid out like the Hub repo),
+    or from the Hub when ``data_dir`` is None. Raises ``FileNotFoundError`` naming the folder
+    when the local copy, its config or a split the task needs is missing."""
+    if data_dir is None:
+        dsd = datasets.load_dataset(task.hub_id, task.hub_config, cache_dir=cache_dir)
+        return _check_splits(task, dsd, task.hub_id)
+    path = Path(data_dir) / task.hub_id
+    if not path.is_dir():
+        raise _missing(task, path, "no such folder")
+    try:
+        dsd = datasets.load_dataset(str(path), task.hub_config, cache_dir=cache_dir)
+    except FileNotFoundError as err:
+        raise _missing(task, path, str(err)) from err
+    except ValueError as err:  # datasets: "BuilderConfig 'x' not found. Available: [...]"
+        if "not found" not in str(err):
+            raise
+        raise _missing(task, path, str(err)) from err
+    return _check_splits(task, dsd, path)
+
+
+def _check_splits(
+    task: TaskSpec, dsd: datasets.DatasetDict, where: Path | str
+) -> datasets.DatasetDict:
+    missing = [s for s in (task.train_split, task.test_split) if s not in dsd]
+    if not missing:
+        return dsd
+    reason = f"splits {missing} missing (found {sorted(dsd)})"
+    if isinstance(where, Path):
+        raise _missing(task, where, reason)
+    raise FileNotFoundError(f"task {task.name!r}: Hub dataset {where!r}: {reason}")
+
+
+def carve_validation(
+    labels: Sequence[float] | None, n: int, val_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split row ids ``0..n-1`` into (train, validation) deterministically from ``seed``.
+
+    Validation gets ``round(val_fraction * n)`` rows (at least one, and at least one row is left
+    for training when ``n >= 2``). With ``labels`` (classification) the rows are allotted to
+    classes in proportion to their counts (stratified); without, a plain seeded permutation is
+    used. Validation ids come back sorted; train ids in a seeded random order, so that any prefix
+    is a uniform random subset.
+    """
+    rng = np.random.default_rng(seed)
+    n_val = min(max(int(round(val_fraction * n)), 1), max(n - 1, 0))
+    if labels is None:
+        perm = rng.permutation(n)
+        return perm[n_val:], np.sort(perm[:n_val])
+    classes, class_of = np.unique(np.asarray(labels), return_inverse=True)
+    quotas = _apportion(np.bincount(class_of, minlength=len(classes)), n_val)
+    val_parts, train_parts = [], []
+    for cls, quota in enumerate(quotas):
+        ids = rng.permutation(np.flatnonzero(class_of == cls))
+        val_parts.append(ids[:quota])
+        train_parts.append(ids[quota:])
+    return rng.permutation(np.concatenate(train_parts)), np.sort(np.concatenate(val_parts))
+
+
+def _apportion(counts: np.ndarray, total: int) -> np.ndarray:
+    """Split ``total`` over classes proportionally to ``counts`` (largest remainder method)."""
+    exact = counts * (total / counts.sum())
+    quotas = np.floor(exact).astype(int)
+    order = np.argsort(-(exact - quotas), kind="stable")
+    quotas[order[: total - quotas.sum()]] += 1
+    return quotas
+
+
+def _seeded_subset(n: int, limit: int | None, seed: int) -> np.ndarray:
+    """All of ``0..n-1``, or a seeded uniform subset of ``limit`` of them, in ascending order."""
+    if limit is None or limit >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).permutation(n)[:limit])
+
+
+def _tokenize(
+    batch: dict[str, list],
+    tokenizer: PreTrainedTokenizerBase,
+    text_fields: tuple[str, ...],
+    label_field: str,
+    max_length: int,
+) -> dict[str, list]:
+    """Tokenise one batch: pairs go in as two segments; None/non-str texts become ''."""
+    texts = [[t if isinstance(t, str) else "" for t in batch[f]] for f in text_fields]
+    encoded = dict(tokenizer(*texts, truncation=True, max_length=max_length))
+    encoded[LABELS] = batch[label_field]
+    return encoded
+
+
+class LabelDtypeCollator:
+    """``DataCollatorWithPadding`` (dynamic padding per batch) that fixes the labels' dtype."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, label_dtype: torch.dtype) -> None:
+        self.pad = DataCollatorWithPadding(tokenizer, padding="longest", return_tensors="pt")
+        self.label_dtype = label_dtype
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        batch = dict(self.pad(features))
+        batch[LABELS] = torch.as_tensor(batch[LABELS]).to(self.label_dtype)
+        return batch
+
+
+class ResumableRandomSampler(Sampler[int]):
+    """Random permutation per epoch that depends only on ``(seed, epoch)``, and can resume.
+
+    Epoch ``e`` visits ``torch.randperm(n, generator=torch.Generator().manual_seed(seed + e))``.
+    ``set_epoch`` (called by Lightning each epoch) picks the epoch; ``skip_next(k)`` makes the
+    next iteration start at position ``k`` of the current permutation. ``state_dict`` records the
+    number of indices handed out in the current epoch; with ``num_workers > 0`` the loader
+    prefetches, so for exact resumption prefer ``skip_next(batches_done * batch_size)``.
+    """
+
+    def __init__(self, num_samples: int, seed: int = 0) -> None:
+        if num_samples < 0:
+            raise ValueError(f"num_samples must be >= 0, got {num_samples}")
+        self.num_samples = num_samples
+        self.seed = seed
+        self.epoch = 0
+        self._skip = 0
+        self._position = 0
+
+    def permutation(self, epoch: int | None = None) -> torch.Tensor:
+        """The full index order of ``epoch`` (default: the current one)."""
+        epoch = self.epoch if epoch is None else epoch
+        generator = torch.Generator().manual_seed(self.seed + epoch)
+        return torch.randperm(self.num_samples, generator=generator)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch; a pending ``skip_next`` is dropped if the epoch changes."""
+        if epoch != self.epoch:
+            self._skip = 0
+            self._position = 0
+        self.epoch = epoch
+
+    def skip_next(self, k: int) -> None:
+        """Start the next iteration at position ``k`` of the current epoch's permutation."""
+        if not 0 <= k <= self.num_samples:
+            raise ValueError(f"skip must be in [0, {self.num_samples}], got {k}")
+        self._skip = k
+
+    def __iter__(self) -> Iterator[int]:
+        order = self.permutation().tolist()
+        start, self._skip = self._skip, 0
+        self._position = start
+        for index in order[start:]:
+            self._position += 1
+            yield index
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def state_dict(self) -> dict[str, int]:
+        """Seed, epoch and position (indices handed out so far in the current epoch)."""
+        return {
+            "num_samples": self.num_samples,
+            "seed": self.seed,
+            "epoch": self.epoch,
+            "position": self._position,
+        }
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Restore a ``state_dict``: the next iteration continues where that one stopped."""
+        if state["num_samples"] != self.num_samples:
+            raise ValueError(
+                f"sampler state is for {state['num_samples']} samples, not {self.num_samples}"
+            )
+        self.seed = state["seed"]
+        self.epoch = state["epoch"]
+        self._position = state["position"]
+        self.skip_next(state["position"])
+
+
+class TextClassificationDataModule(L.LightningDataModule):
+    """Tokenised train / validation / test loaders for one task (see module docstring).
+
+    ``max_train_samples`` keeps a seeded random subset of the train part after validation is
+    carved (validation does not change); ``max_eval_samples`` keeps a seeded subset of
+    ``max_eval_samples`` rows of validation and of test (seeded by ``split_seed``, in original row
+    order; a plain prefix would be single-class on label-sorted splits such as IMDB's test).
+    """
+
+    def __init__(
+        self,
+        task: str | TaskSpec,
+        tokenizer: PreTrainedTokenizerBase,
+        max_length: int = 128,
+        batch_size: int = 32,
+        eval_batch_size: int = 64,
+        data_dir: str | None = None,
+        val_fraction: float = 0.1,
+        split_seed: int = 0,
+        shuffle_seed: int = 0,
+        max_train_samples: int | None = None,
+        max_eval_samples: int | None = None,
+        num_workers: int = 0,
+        cache_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        if not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        self.task = get_task(task) if isinstance(task, str) else task
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.data_dir = resolve_data_dir(data_dir)
+        self.val_fraction = val_fraction
+        self.split_seed = split_seed
+        self.shuffle_seed = shuffle_seed
+        self.max_train_samples = max_train_samples
+        self.max_eval_samples = max_eval_samples
+        self.num_workers = num_workers
+        self.cache_dir = cache_dir
+        label_dtype = torch.float32 if self.task.is_regression else torch.int64
+        self.collator = LabelDtypeCollator(tokenizer, label_dtype)
+        self.datasets: dict[str, datasets.Dataset] = {}
+        self.split_indices: dict[str, list[int]] = {}
+        self.train_sampler: ResumableRandomSampler | None = None
+        self.num_train_examples: int | None = None
+
+    def prepare_data(self) -> None:
+        """Download / cache the raw dataset once (Lightning calls this on one process)."""
+        load_task_dataset(self.task, self.data_dir, self.cache_dir)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load, split and tokenise all three splits; later calls are no-ops."""
+        if self.datasets:
+            return
+        raw = load_task_dataset(self.task, self.data_dir, self.cache_dir)
+        splits = self._select_splits(raw)
+        for name, ds in splits.items():
+            _check_labelled(self.task, name, ds)
+        self.datasets = {name: self._tokenize(ds) for name, ds in splits.items()}
+        self.num_train_examples = len(self.datasets["train"])
+        self.train_sampler = ResumableRandomSampler(self.num_train_examples, self.shuffle_seed)
+
+    def _select_splits(self, raw: datasets.DatasetDict) -> dict[str, datasets.Dataset]:
+        """Carve validation from train, apply the sample limits, record the source row ids."""
+        source = raw[self.task.train_split]
+        labels = None if self.task.is_regression else _column(source, self.task.label_field)
+        train_ids, val_ids = carve_validation(
+            labels, len(source), self.val_fraction, self.split_seed
+        )
+        if self.max_train_samples is not None:
+            train_ids = train_ids[: self.max_train_samples]
+        train_ids = np.sort(train_ids)
+        val_ids = val_ids[_seeded_subset(len(val_ids), self.max_eval_samples, self.split_seed)]
+        test = raw[self.task.test_split]
+        test_ids = _seeded_subset(len(test), self.max_eval_samples, self.split_seed)
+        self.split_indices = {
+            "train": train_ids.tolist(),
+            "validation": val_ids.tolist(),
+            "test": test_ids.tolist(),
+        }
+        return {
+            "train": source.select(train_ids),
+            "validation": source.select(val_ids),
+            "test": test.select(test_ids),
+        }
+
+    def _tokenize(self, ds: datasets.Dataset) -> datasets.Dataset:
+        kwargs = {
+            "tokenizer": self.tokenizer,
+            "text_fields": self.task.text_fields,
+            "label_field": self.task.label_field,
+            "max_length": self.max_length,
+        }
+        return ds.map(
+            _tokenize,
+            batched=True,
+            fn_kwargs=kwargs,
+            remove_columns=ds.column_names,
+            desc=f"Tokenising {self.task.name}",
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled by ``train_sampler`` (resumable; reshuffled per epoch via ``set_epoch``)."""
+        self._require_setup()
+        return self._loader("train", self.batch_size, sampler=self.train_sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        self._require_setup()
+        return self._loader("validation", self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        self._require_setup()
+        return self._loader("test", self.eval_batch_size)
+
+    def _loader(
+        self, split: str, batch_size: int, sampler: Sampler[int] | None = None
+    ) -> DataLoader:
+        return DataLoader(
+            self.datasets[split],
+            batch_size=batch_size,
+            sampler=sampler,
+            shuffle=False,
+            collate_fn=self.collator,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def _require_setup(self) -> None:
+        if not self.datasets:
+            raise RuntimeError("call setup() before asking for dataloaders")
+
+
+def _column(ds: datasets.Dataset, name: str) -> np.ndarray:
+    """One column as a numpy array (fast path through Arrow; honours ``select`` indices)."""
+    return ds.select_columns([name]).with_format("arrow")[:][name].to_numpy()
+
+
+def _check_labelled(task: TaskSpec, split: str, ds: datasets.Dataset) -> None:
+    """Refuse splits with hidden labels (-1), e.g. GLUE's test split."""
+    hidden = int(np.sum(_column(ds, task.label_field) == -1))
+    if hidden:
+        raise ValueError(
+            f"task {task.name!r}: {hidden} of {len(ds)} rows of the {split!r} split have label -1 "
+            "(unlabelled, as in GLUE's test split); they cannot be trained on or scored. "
+            "Use a labelled split (GLUE tasks report on 'validation')."
+        )
