@@ -1,0 +1,78 @@
+"""Each plot writes a valid, readable PNG and leaves no figure open."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+
+from bayesian_lora.evaluation import metrics as M
+from bayesian_lora.evaluation import plots as P
+from bayesian_lora.evaluation.diagnostics import chain_diagnostics
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    sample_probs = rng.dirichlet([0.7, 0.7], size=(4, 120))
+    labels = rng.integers(0, 2, size=120)
+    chains = rng.normal(size=(3, 200)).cumsum(axis=1) * 0.1 + rng.normal(size=(3, 200))
+    return {
+        "probs": sample_probs.mean(0),
+        "sample_probs": sample_probs,
+        "labels": labels,
+        "summaries": {"test loglik": chains, "probe p": rng.normal(size=(3, 200))},
+    }
+
+
+def _check_png(path: Path) -> None:
+    assert path.exists() and path.stat().st_size > 0
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    img = mpimg.imread(path)
+    assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
+    assert plt.get_fignums() == []
+
+
+def test_reliability_and_confidence(tmp_path, data):
+    p = P.reliability_diagram(data["probs"], data["labels"], tmp_path / "sub" / "rel.png")
+    _check_png(p)
+    _check_png(P.confidence_histogram(data["probs"], data["labels"], tmp_path / "conf.png"))
+
+
+def test_metrics_vs_ensemble_size_plot(tmp_path, data):
+    rows = M.metrics_vs_ensemble_size(data["sample_probs"], data["labels"], "f1_accuracy")
+    out = P.metrics_vs_ensemble_size(rows, tmp_path / "ens.png", metrics=("acc", "nll", "f1"))
+    _check_png(out)
+
+
+def test_trace_and_autocorrelation(tmp_path, data):
+    diag = chain_diagnostics(data["summaries"])
+    _check_png(P.trace_plot(data["summaries"], tmp_path / "trace.png", diagnostics=diag))
+    _check_png(P.autocorrelation_plot(data["summaries"], tmp_path / "acf.png", max_lag=30))
+    ragged = {"s": [np.arange(50.0), np.arange(40.0)]}
+    _check_png(P.trace_plot(ragged, tmp_path / "trace_ragged.png"))
+
+
+def test_risk_coverage_and_ood(tmp_path, data):
+    curves = {
+        "ensemble": M.risk_coverage_curve(data["probs"], data["labels"]),
+        "single": M.risk_coverage_curve(data["sample_probs"][0], data["labels"]),
+    }
+    _check_png(P.risk_coverage_plot(curves, tmp_path / "rc.png"))
+    rng = np.random.default_rng(1)
+    out = P.ood_histogram(rng.normal(size=200), rng.normal(1, 1, 150), tmp_path / "ood.png", "MI")
+    _check_png(out)
+
+
+def test_comparison_plot(tmp_path):
+    table = [
+        {"method": "MAP", "acc_mean": 0.85, "acc_std": 0.01, "nll_mean": 0.40, "n": 3},
+        {"method": "SGLD", "acc_mean": 0.86, "acc_std": 0.004, "nll_mean": 0.33, "nll_std": 0.02},
+        {"method": "cSGHMC", "acc": 0.87, "nll": 0.31},
+    ]
+    _check_png(P.comparison_plot(table, tmp_path / "cmp.png", metrics=("acc", "nll")))
