@@ -1,0 +1,266 @@
+"""From a composed Hydra config to the objects of a run: data, model, chain plan, trainer.
+
+Entry points stay thin; every ``build_*`` here takes the config and returns one thing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from bayesian_lora.callbacks.chain_checkpoint import LAST_CHECKPOINT
+from bayesian_lora.callbacks.sample_collector import SampleCollector
+from bayesian_lora.callbacks.sample_store import library_versions, read_manifest
+from bayesian_lora.config_validation import validate_config
+from bayesian_lora.data.datamodule import TextClassificationDataModule
+from bayesian_lora.data.tasks import get_task
+from bayesian_lora.models.lora import (
+    ModelSettings,
+    build_lora_model,
+    build_tokenizer,
+    format_parameter_counts,
+    parameter_counts,
+)
+from bayesian_lora.models.module import AdamWSettings, BayesianLoRAModule
+from bayesian_lora.samplers import SAMPLERS
+from bayesian_lora.samplers.chain import ChainPlan
+from bayesian_lora.samplers.schedules import build_schedule
+
+log = logging.getLogger("bayesian_lora")
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
+CHECKPOINT_DIR = "checkpoints"
+
+__all__ = ["validate_config"]
+
+
+def print_config(cfg: DictConfig) -> None:
+    """Print the composed config (the same text is saved as ``config.yaml`` in the run folder)."""
+    print(OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def resolve_resume(cfg: DictConfig) -> tuple[DictConfig, str | None]:
+    """``resume=<run folder>``: continue that run with its own saved config and last checkpoint."""
+    if not cfg.get("resume"):
+        return cfg, None
+    run_dir = Path(cfg.resume).expanduser().resolve()
+    ckpt = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
+    saved = run_dir / "config.yaml"
+    if not saved.is_file() or not ckpt.is_file():
+        raise FileNotFoundError(
+            f"resume={cfg.resume!r}: expected {saved} and {ckpt}; is this a run folder of a "
+            "sampler run that wrote a checkpoint?"
+        )
+    resumed = OmegaConf.load(saved)
+    with open_dict(resumed):
+        resumed.paths.output_dir = str(run_dir)
+        resumed.resume = str(run_dir)
+    log.info("resuming %s from %s", run_dir, ckpt)
+    return resumed, str(ckpt)
+
+
+def is_map(cfg: DictConfig) -> bool:
+    return cfg.sampler.name == "map"
+
+
+def build_datamodule(cfg: DictConfig) -> TextClassificationDataModule:
+    settings = ModelSettings.from_config(cfg.model)
+    d = cfg.data
+    return TextClassificationDataModule(
+        task=d.task,
+        tokenizer=build_tokenizer(settings),
+        max_length=int(cfg.model.max_length),
+        batch_size=int(d.batch_size),
+        eval_batch_size=int(d.eval_batch_size),
+        data_dir=cfg.paths.data_dir,
+        val_fraction=float(d.val_fraction),
+        split_seed=int(d.split_seed),
+        shuffle_seed=int(cfg.seed),
+        max_train_samples=d.max_train_samples,
+        max_eval_samples=d.max_eval_samples,
+        num_workers=int(d.num_workers),
+        cache_dir=cfg.paths.cache_dir,
+    )
+
+
+def build_chain_plan(cfg: DictConfig, steps_per_epoch: int | None = None) -> ChainPlan | None:
+    """The chain's step arithmetic (None for MAP). Validated before any model is loaded."""
+    if is_map(cfg):
+        return None
+    s = cfg.sampler
+    schedule_kwargs = {k: v for k, v in s.schedule.items() if k != "name"}
+    warmup = 0 if s.warmup.get("from_run") else int(s.warmup.steps)
+    plan = ChainPlan(
+        warmup_steps=warmup,
+        burn_in=int(s.burn_in),
+        thin=int(s.thin),
+        num_samples=int(s.num_samples),
+        max_steps=None if s.max_steps is None else int(s.max_steps),
+        schedule=build_schedule(s.schedule.name, float(s.lr), **schedule_kwargs),
+    )
+    plan.validate()
+    return plan
+
+
+def sampler_algorithm(cfg: DictConfig) -> str:
+    return str(cfg.sampler.get("algorithm") or cfg.sampler.name)
+
+
+def build_module(
+    cfg: DictConfig, datamodule: TextClassificationDataModule, plan: ChainPlan | None
+) -> tuple[BayesianLoRAModule, dict[str, Any]]:
+    task = get_task(cfg.data.task)
+    settings = ModelSettings.from_config(cfg.model)
+    model = build_lora_model(settings, task.num_labels)
+    counts = parameter_counts(model)
+    log.info(format_parameter_counts(counts))
+    print(format_parameter_counts(counts))
+    s = cfg.sampler
+    factory = None
+    if plan is not None:
+        cls = SAMPLERS[sampler_algorithm(cfg)]
+        factory = partial(
+            cls,
+            lr=float(s.lr),
+            num_data=datamodule.num_train_examples,
+            temperature=float(s.temperature),
+            seed=int(cfg.seed) + int(s.seed_offset),
+            **dict(s.hparams),
+        )
+        adamw = AdamWSettings(lr=float(s.warmup.lr))
+    else:
+        adamw = AdamWSettings(
+            lr=float(s.lr), weight_decay=float(s.weight_decay), warmup_ratio=float(s.warmup_ratio)
+        )
+    if cfg.grad_clip is not None and plan is not None:
+        warnings.warn(
+            "grad_clip is set: clipping gradients during sampling biases the chain", stacklevel=2
+        )
+    steps_per_epoch = len(datamodule.train_dataloader())
+    max_steps = cfg.trainer.get("max_steps") or -1
+    total_map = max_steps if max_steps > 0 else steps_per_epoch * int(cfg.trainer.max_epochs)
+    module = BayesianLoRAModule(
+        model,
+        task=task,
+        num_data=datamodule.num_train_examples,
+        prior_std=float(cfg.prior_std),
+        obs_std=float(cfg.data.obs_std),
+        adamw=adamw,
+        sampler_factory=factory,
+        plan=plan,
+        total_map_steps=total_map,
+        dropout_during_sampling=bool(cfg.dropout_during_sampling),
+        grad_clip=cfg.grad_clip,
+        divergence_backoff=cfg.get("divergence_backoff"),
+        divergence_retries=int(cfg.get("divergence_retries", 3)),
+    )
+    if plan is not None and s.warmup.get("from_run"):
+        init_from_run(module, s.warmup.from_run)
+    return module, counts
+
+
+def init_from_run(module: BayesianLoRAModule, run_dir: str) -> None:
+    """Start the chain at the (last) sample of another run, typically a MAP run."""
+    from bayesian_lora.callbacks.sample_store import load_samples
+    from bayesian_lora.evaluation.ensemble import swap_in
+
+    samples, manifest = load_samples(run_dir)
+    params = module.sampled_parameters()
+    if set(samples) != set(params):
+        raise ValueError(
+            f"warmup.from_run={run_dir!r} holds parameters for a different model/LoRA config "
+            f"(model {manifest.get('model', {}).get('name_or_path')!r})"
+        )
+    swap_in(params, samples, manifest["num_samples"] - 1)
+    log.info("chain initialised from %s", run_dir)
+
+
+def manifest_for(
+    cfg: DictConfig, datamodule: TextClassificationDataModule, plan: ChainPlan | None
+) -> dict[str, Any]:
+    c = OmegaConf.to_container(cfg, resolve=True)
+    return {
+        "format": "bayesian-lora-samples/1",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "model": c["model"],
+        "lora": c["model"]["lora"],
+        "task": cfg.data.task,
+        "data": c["data"],
+        "num_data": datamodule.num_train_examples,
+        "prior_std": float(cfg.prior_std),
+        "seed": int(cfg.seed),
+        "sampler": {"name": cfg.sampler.name, "algorithm": sampler_algorithm(cfg), **c["sampler"]},
+        "kept_steps_planned": plan.kept_steps() if plan is not None else None,
+        "versions": library_versions(),
+    }
+
+
+def build_loggers(cfg: DictConfig, counts: dict[str, Any]) -> list[Any]:
+    loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
+    container = OmegaConf.to_container(cfg, resolve=True)
+    for logger in loggers:
+        logger.log_hyperparams({**container, **counts})
+    return loggers
+
+
+def build_trainer(
+    cfg: DictConfig,
+    run_dir: Path,
+    plan: ChainPlan | None,
+    manifest: dict[str, Any],
+    loggers: list[Any],
+) -> tuple[L.Trainer, SampleCollector | None]:
+    cb = cfg.callbacks
+    ckpt_dir = run_dir / CHECKPOINT_DIR
+    overrides: dict[str, Any] = {"logger": loggers or False}
+    collector = None
+    if plan is None:
+        callbacks: list[Any] = [
+            ModelCheckpoint(
+                dirpath=ckpt_dir,
+                filename="best",
+                monitor=cb.early_stopping.monitor,
+                mode=cb.early_stopping.mode,
+                save_top_k=1,
+                save_last=False,
+            ),
+            EarlyStopping(
+                monitor=cb.early_stopping.monitor,
+                mode=cb.early_stopping.mode,
+                patience=int(cb.early_stopping.patience),
+            ),
+        ]
+    else:
+        collector = SampleCollector(
+            run_dir, plan, manifest, flush_every=int(cb.samples.flush_every)
+        )
+        callbacks = [
+            collector,
+            ModelCheckpoint(
+                dirpath=ckpt_dir,
+                save_top_k=0,
+                save_last=True,
+                every_n_train_steps=int(cb.checkpoint.every_n_train_steps),
+            ),
+        ]
+        overrides.update(max_steps=plan.total_steps(), max_epochs=-1)
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, **overrides)
+    return trainer, collector
+
+
+def load_run_config(run_dir: str | Path) -> DictConfig:
+    """The resolved config a run folder was trained with."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        read_manifest(run_dir)  # raises the clearer "not a run folder" error first
+        raise FileNotFoundError(f"{path} is missing")
+    return OmegaConf.load(path)

@@ -1,0 +1,292 @@
+"""The LightningModule that runs a chain: MAP (AdamW) steps and SG-MCMC sampler steps.
+
+Objective (the per-datum potential, see the README's "Math conventions"):
+
+    u(theta) = mean_batch NLL(y | x, theta) + ||theta||^2 / (2 sigma^2 N)
+
+an unbiased mini-batch estimate of U(theta)/N, with U the negative log posterior under the prior
+N(0, sigma^2 I) on the sampled parameters and N the number of training examples. MAP is AdamW on
+u; samplers consume u through their ``step(closure)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from bayesian_lora.data.tasks import TaskSpec
+from bayesian_lora.evaluation.metrics import classification_metrics, regression_metrics
+from bayesian_lora.models.lora import sampled_parameters
+from bayesian_lora.samplers.chain import ChainPlan
+
+log = logging.getLogger(__name__)
+
+
+class DivergenceError(RuntimeError):
+    """The chain produced a non-finite potential or parameter."""
+
+
+@dataclass
+class AdamWSettings:
+    """AdamW for MAP and for the MAP warm start; linear warm-up then linear decay to zero."""
+
+    lr: float = 5e-4
+    weight_decay: float = 0.0  # the prior term already regularises; keep 0 to stay on u(theta)
+    warmup_ratio: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+def gaussian_nll(mean: Tensor, target: Tensor, obs_std: float) -> Tensor:
+    """Per-example -log N(target | mean, obs_std^2)."""
+    z = (target - mean) / obs_std
+    return 0.5 * z * z + math.log(obs_std) + 0.5 * math.log(2 * math.pi)
+
+
+def set_dropout(model: nn.Module, active: bool) -> None:
+    """Switch every dropout layer (including LoRA dropout) on or off, leaving the rest as is."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.train(active)
+
+
+class BayesianLoRAModule(L.LightningModule):
+    """Runs MAP or a chain over the sampled parameters with manual optimization.
+
+    ``sampler_factory`` builds the SG-MCMC optimizer from the sampled parameters (``None`` for
+    MAP). ``plan`` says which global steps are warm-up (AdamW), burn-in and kept samples;
+    ``total_map_steps`` sizes the AdamW schedule of a pure MAP run.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        task: TaskSpec,
+        num_data: int,
+        prior_std: float = 1.0,
+        obs_std: float = 0.5,
+        adamw: AdamWSettings | None = None,
+        sampler_factory: Any | None = None,
+        plan: ChainPlan | None = None,
+        total_map_steps: int = 1000,
+        dropout_during_sampling: bool = False,
+        grad_clip: float | None = None,
+        divergence_backoff: float | None = None,
+        divergence_retries: int = 3,
+    ) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.strict_loading = False  # checkpoints hold only the sampled parameters
+        self.model = model.train()  # HF loads in eval mode; dropout is then set per phase
+        self.task = task
+        self.num_data = int(num_data)
+        self.prior_std = float(prior_std)
+        self.obs_std = float(obs_std)
+        self.adamw = adamw or AdamWSettings()
+        self.sampler_factory = sampler_factory
+        self.plan = plan
+        self.total_map_steps = int(total_map_steps)
+        self.dropout_during_sampling = dropout_during_sampling
+        self.grad_clip = grad_clip
+        self.divergence_backoff = divergence_backoff
+        self.divergence_retries = int(divergence_retries)
+        self.chain_step = 0  # global step t, counting every optimizer step of the run
+        self.lr_scale = 1.0  # < 1 after step-size back-offs on divergence
+        self._last_good: list[Tensor] | None = None
+        self._val_outputs: list[tuple[Tensor, Tensor]] = []
+
+    # ----------------------------------------------------------------- the potential
+    @property
+    def is_map(self) -> bool:
+        return self.sampler_factory is None
+
+    def sampled_parameters(self) -> dict[str, nn.Parameter]:
+        return sampled_parameters(self.model)
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        logits = self.model(**inputs).logits
+        return logits.squeeze(-1) if self.task.is_regression else logits
+
+    def per_example_nll(self, outputs: Tensor, labels: Tensor) -> Tensor:
+        if self.task.is_regression:
+            return gaussian_nll(outputs.float(), labels.float(), self.obs_std)
+        return nn.functional.cross_entropy(outputs.float(), labels, reduction="none")
+
+    def prior_term(self) -> Tensor:
+        """||theta||^2 / (2 sigma^2 N): the prior's share of one datum's potential."""
+        params = list(self.sampled_parameters().values())
+        sq = torch.stack([p.float().pow(2).sum() for p in params]).sum()
+        return sq / (2 * self.prior_std**2 * self.num_data)
+
+    def potential(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """(u, mean NLL) on a mini-batch."""
+        nll = self.per_example_nll(self(batch), batch["labels"]).mean()
+        return nll + self.prior_term(), nll
+
+    # ----------------------------------------------------------------- optimizers
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        params = list(self.sampled_parameters().values())
+        adamw = torch.optim.AdamW(
+            params, lr=self.adamw.lr, betas=self.adamw.betas, weight_decay=self.adamw.weight_decay
+        )
+        if self.is_map:
+            return [adamw]
+        return [adamw, self.sampler_factory(params)]
+
+    def adamw_lr(self, step: int, total: int) -> float:
+        """Linear warm-up over warmup_ratio of ``total`` steps, then linear decay to zero."""
+        warm = max(1, int(self.adamw.warmup_ratio * total))
+        if step < warm:
+            return self.adamw.lr * (step + 1) / warm
+        return self.adamw.lr * max(0.0, (total - step) / max(1, total - warm))
+
+    def phase(self, step: int) -> str:
+        return "map" if self.plan is None else self.plan.phase(step)
+
+    # ----------------------------------------------------------------- training
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        step = self.chain_step
+        phase = self.phase(step)
+        optimizers = self.optimizers()
+        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+        stats: dict[str, Tensor] = {}
+
+        def closure() -> Tensor:
+            opt.zero_grad(set_to_none=True)
+            u, nll = self.potential(batch)
+            self.manual_backward(u)
+            if self.grad_clip is not None:
+                nn.utils.clip_grad_norm_(list(self.sampled_parameters().values()), self.grad_clip)
+            stats.setdefault("u", u.detach())
+            stats.setdefault("nll", nll.detach())
+            return u
+
+        if phase in ("map", "warmup"):
+            opt = optimizers[0]
+            total = self.total_map_steps if phase == "map" else self.plan.warmup_steps
+            lr = self.adamw_lr(step, total)
+            set_dropout(self.model, True)
+        else:
+            opt = optimizers[1]
+            s = step - self.plan.warmup_steps
+            lr = self.plan.schedule.lr(s)
+            opt.optimizer.noise_enabled = bool(self.plan.schedule.noise(s))
+            set_dropout(self.model, self.dropout_during_sampling)
+        lr *= self.lr_scale
+        for group in opt.optimizer.param_groups:
+            group["lr"] = lr
+        opt.step(closure=closure)
+        if not self._finite(stats["u"]):
+            self._on_divergence(opt, step, phase, lr)
+            return stats["u"]
+        self.chain_step += 1
+        self.log_dict(
+            {"train/u": stats["u"], "train/nll": stats["nll"]},
+            prog_bar=True,
+            on_step=True,
+            on_epoch=False,
+            batch_size=batch["labels"].shape[0],
+        )
+        self.log("train/lr", lr, on_step=True, on_epoch=False)
+        if self.divergence_backoff is not None:
+            self._snapshot()
+        if self.plan is not None and self.chain_step >= self.plan.total_steps():
+            self.trainer.should_stop = True
+        return stats["u"]
+
+    def _finite(self, u: Tensor) -> bool:
+        """Check the potential and the parameters (one host sync per step)."""
+        params = list(self.sampled_parameters().values())
+        total = u.detach().float() + torch.stack([p.detach().float().sum() for p in params]).sum()
+        return bool(torch.isfinite(total))
+
+    def _snapshot(self) -> None:
+        """Remember the current (finite) parameters as the state to back off to."""
+        params = [p.detach() for p in self.sampled_parameters().values()]
+        if self._last_good is None:
+            self._last_good = [p.clone() for p in params]
+        else:
+            torch._foreach_copy_(self._last_good, params)
+
+    def _on_divergence(self, opt: Any, step: int, phase: str, lr: float) -> None:
+        name = "AdamW" if phase in ("map", "warmup") else type(opt.optimizer).__name__
+        message = (
+            f"non-finite potential or parameters at step {step} ({phase} phase) with {name}, "
+            f"step size {lr:g}"
+        )
+        can_retry = self.divergence_backoff is not None and self._last_good is not None
+        if not can_retry or self.divergence_retries <= 0:
+            raise DivergenceError(
+                f"{message}; lower the step size (sampler.lr), or set divergence_backoff to "
+                "retry from the last good state with a smaller step"
+            )
+        self.divergence_retries -= 1
+        self.lr_scale *= float(self.divergence_backoff)
+        params = [p.data for p in self.sampled_parameters().values()]
+        torch._foreach_copy_(params, self._last_good)
+        opt.optimizer.state.clear()  # momenta / preconditioners may hold non-finite values
+        log.warning(
+            "%s: restored the last good state, step size scale now %g (%d retries left)",
+            message,
+            self.lr_scale,
+            self.divergence_retries,
+        )
+
+    # ----------------------------------------------------------------- validation
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        outputs = self(batch)
+        preds = outputs.float() if self.task.is_regression else outputs.float().softmax(-1)
+        self._val_outputs.append((preds.detach().cpu(), batch["labels"].detach().cpu()))
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_outputs:
+            return
+        preds = torch.cat([p for p, _ in self._val_outputs]).numpy()
+        labels = torch.cat([y for _, y in self._val_outputs]).numpy()
+        self._val_outputs.clear()
+        if self.task.is_regression:
+            metrics = regression_metrics(preds, labels, obs_std=self.obs_std)
+        else:
+            metrics = classification_metrics(preds, labels, self.task.metric)
+        self.log_dict({f"val/{k}": float(v) for k, v in metrics.items() if k != "nll"})
+        self.log("val/nll", float(metrics["nll"]), prog_bar=True)
+
+    # ----------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The frozen base is rebuilt from the model id; storing it would cost 100s of MB.
+        names = {f"model.{n}" for n in self.sampled_parameters()}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in names}
+        checkpoint["chain"] = {
+            "chain_step": self.chain_step,
+            "lr_scale": self.lr_scale,
+            "torch_rng": torch.get_rng_state(),  # dropout, when it is on, draws from it
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        chain = checkpoint.get("chain", {})
+        self.chain_step = int(chain.get("chain_step", 0))
+        self.lr_scale = float(chain.get("lr_scale", 1.0))
+        if "torch_rng" in chain:
+            torch.set_rng_state(chain["torch_rng"].cpu())
+        if chain.get("cuda_rng") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(chain["cuda_rng"])
+        self._resume_data_order()
+
+    def _resume_data_order(self) -> None:
+        """Continue mid-epoch: the train sampler skips the batches this chain already used."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        sampler = getattr(datamodule, "train_sampler", None)
+        if sampler is None:
+            return
+        batch_size = datamodule.batch_size
+        steps_per_epoch = math.ceil(sampler.num_samples / batch_size)
+        epoch, position = divmod(self.chain_step, steps_per_epoch)
+        sampler.set_epoch(epoch)
+        sampler.skip_next(position * batch_size)

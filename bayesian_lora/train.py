@@ -1,0 +1,97 @@
+"""Train one chain (or one MAP run): ``python -m bayesian_lora.train model=minilm data=mrpc sampler=sgld``.
+
+config -> (validated) -> data + model -> chain -> run folder (samples + manifest + metrics).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+from bayesian_lora.callbacks.sample_store import read_manifest, write_samples
+from bayesian_lora.config import (
+    CONFIG_DIR,
+    build_chain_plan,
+    build_datamodule,
+    build_loggers,
+    build_module,
+    build_trainer,
+    manifest_for,
+    print_config,
+    resolve_resume,
+    validate_config,
+)
+from bayesian_lora.evaluation.runner import evaluate_module_on_test
+
+log = logging.getLogger("bayesian_lora.train")
+
+# Chain checkpoints are meant to hold the state after the step (chain_step counts it).
+warnings.filterwarnings("ignore", message=".*no pre-optimization state was saved.*")
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run one chain end to end; returns the test metrics (empty if not evaluated)."""
+    cfg, ckpt_path = resolve_resume(cfg)
+    validate_config(cfg)
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    print_config(cfg)
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    L.seed_everything(int(cfg.seed), workers=True)
+
+    datamodule = build_datamodule(cfg)
+    datamodule.setup("fit")
+    plan = build_chain_plan(cfg, steps_per_epoch=len(datamodule.train_dataloader()))
+    module, counts = build_module(cfg, datamodule, plan)
+    manifest = manifest_for(cfg, datamodule, plan)
+    loggers = build_loggers(cfg, counts)
+    trainer, collector = build_trainer(cfg, run_dir, plan, manifest, loggers)
+
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    if plan is None:
+        _write_map_sample(trainer, module, run_dir, manifest)
+    elif collector is not None and collector.num_kept < plan.num_samples:
+        log.warning(
+            "the run stopped with %d of %d samples kept", collector.num_kept, plan.num_samples
+        )
+    if not cfg.evaluate_on_fit_end or not trainer.is_global_zero:
+        return {}
+    metrics = evaluate_module_on_test(module, datamodule, run_dir)
+    for logger in loggers:
+        logger.log_metrics(
+            {f"test/{k}": v for k, v in metrics["ensemble"].items()}, step=trainer.global_step
+        )
+        logger.finalize("success")
+    return metrics
+
+
+def _write_map_sample(trainer: L.Trainer, module: Any, run_dir: Path, manifest: dict) -> None:
+    """MAP keeps one sample: the parameters of the best validation-NLL checkpoint."""
+    import torch
+
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    step = module.chain_step
+    if best:
+        ckpt = torch.load(best, map_location=module.device, weights_only=True)
+        module.load_state_dict(ckpt["state_dict"], strict=False)
+        step = int(ckpt.get("chain_step", step))
+        log.info("MAP: restored the best checkpoint %s (step %d)", best, step)
+    params = module.sampled_parameters()
+    samples = {name: p.detach()[None] for name, p in params.items()}
+    write_samples(run_dir, samples, {**manifest, "steps": [step], "status": "complete"})
+    log.info("MAP sample written to %s (%s)", run_dir, read_manifest(run_dir)["num_samples"])
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+def main(cfg: DictConfig) -> None:
+    train(cfg)
+
+
+if __name__ == "__main__":
+    main()
