@@ -252,7 +252,10 @@ def build_trainer(
                 every_n_train_steps=int(cb.checkpoint.every_n_train_steps),
             ),
         ]
-        overrides.update(max_steps=plan.total_steps(), max_epochs=-1)
+        # The module stops the run after the last kept sample; max_steps is only a backstop
+        # (a divergence retry costs an optimizer step that the chain does not count).
+        retries = int(cfg.get("divergence_retries", 0)) if cfg.get("divergence_backoff") else 0
+        overrides.update(max_steps=plan.total_steps() + retries, max_epochs=-1, min_epochs=0)
     trainer = instantiate(cfg.trainer, callbacks=callbacks, **overrides)
     return trainer, collector
 

@@ -49,10 +49,13 @@ def gaussian_nll(mean: Tensor, target: Tensor, obs_std: float) -> Tensor:
 
 
 def set_dropout(model: nn.Module, active: bool) -> None:
-    """Switch every dropout layer (including LoRA dropout) on or off, leaving the rest as is."""
-    for module in model.modules():
-        if isinstance(module, nn.Dropout):
-            module.train(active)
+    """Switch all dropout on or off via the module mode.
+
+    Toggling ``nn.Dropout`` modules is not enough: Hugging Face attention applies its dropout
+    functionally whenever the attention module is in training mode. The encoders used here have
+    no other train/eval-dependent layers (no batch norm), so the mode is exactly "dropout on".
+    """
+    model.train(active)
 
 
 class BayesianLoRAModule(L.LightningModule):

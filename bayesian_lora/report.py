@@ -1,0 +1,538 @@
+"""Aggregate a Hydra sweep: ``python -m bayesian_lora.report multirun/<sweep> [more ...] [--out DIR]``.
+
+Finds every run folder (``manifest.json`` + ``metrics.json``) under the given folders, groups runs
+whose saved ``config.yaml`` agree on everything but the seed (and paths), and writes
+``report.md``, ``report.csv`` and ``report.json`` plus comparison and trace plots:
+
+* one row per group: mean ± std (sample std, ddof=1) over seeds of the test metrics saved by
+  training (the ensemble of each run's kept samples), and of the OOD AUROCs where the run was
+  evaluated with ``python -m bayesian_lora.evaluate run_dir=<run> ood=<task>`` (read from
+  ``<run>/evaluation/metrics.json``);
+* a ``deep_ensemble`` row for every group of >= 2 MAP runs: their saved member probabilities
+  (``predictions.safetensors``) averaged, no model needed;
+* MCMC diagnostics for every sampler group of >= 2 seeds, seeds taken as chains: R-hat and ESS of
+  the test mean log-likelihood, the probability of the label of 3 probe test examples and the LoRA
+  norm per kept sample, with a plain verdict.
+
+Accuracy, F1 and ECE are printed in percent (columns say ``(%)``); NLL in nats per example.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import OmegaConf
+
+from bayesian_lora.callbacks.sample_store import (
+    MANIFEST_FILE,
+    SampleFileError,
+    load_samples,
+)
+from bayesian_lora.data.tasks import get_task
+from bayesian_lora.evaluation import plots as P
+from bayesian_lora.evaluation import runner as R
+from bayesian_lora.evaluation.metrics import ensemble_metrics
+
+EVALUATION_DIR = "evaluation"
+# Config keys that differ between seeds of one configuration, or only say where things are.
+IGNORED = (
+    "seed",
+    "paths",
+    "resume",
+    "tags",
+    "logger",
+    "task_name",
+    "hydra",
+    "trainer.default_root_dir",
+    "sampler.warmup.from_run",
+)
+# (column, metric key, scale): percentages are scaled by 100.
+COLUMNS: tuple[tuple[str, str, float], ...] = (
+    ("acc (%)", "acc", 100.0),
+    ("nll", "nll", 1.0),
+    ("ece (%)", "ece", 100.0),
+    ("brier", "brier", 1.0),
+    ("f1 (%)", "f1", 100.0),
+    ("mcc", "mcc", 1.0),
+    ("rmse", "rmse", 1.0),
+    ("pearson", "pearson", 1.0),
+    ("spearman", "spearman", 1.0),
+    ("ood auroc entropy", "ood_auroc_entropy", 1.0),
+    ("ood auroc MI", "ood_auroc_mi", 1.0),
+)
+
+
+@dataclass
+class SweepRun:
+    """One run folder of a sweep."""
+
+    path: Path
+    config: dict[str, Any]
+    metrics: dict[str, float]
+
+    @property
+    def model(self) -> str:
+        return str(self.config["model"]["name"])
+
+    @property
+    def task(self) -> str:
+        return str(self.config["data"]["task"])
+
+    @property
+    def sampler(self) -> str:
+        return str(self.config["sampler"]["name"])
+
+    @property
+    def seed(self) -> int:
+        return int(self.config.get("seed", 0))
+
+
+@dataclass
+class Group:
+    """Runs of one configuration (seeds); ``label`` names the method in tables."""
+
+    key: tuple[tuple[str, str], ...]
+    runs: list[SweepRun] = field(default_factory=list)
+    label: str = ""
+
+    @property
+    def first(self) -> SweepRun:
+        return self.runs[0]
+
+
+# ----------------------------------------------------------------------------- discovery
+
+
+def is_run_folder(path: Path) -> bool:
+    return (path / MANIFEST_FILE).is_file() and (path / R.METRICS_FILE).is_file()
+
+
+def find_run_folders(folders: Sequence[str | Path]) -> list[Path]:
+    """Run folders given directly or found anywhere below the given folders."""
+    found: list[Path] = []
+    for folder in map(Path, folders):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder} is not a folder")
+        if is_run_folder(folder):
+            found.append(folder.resolve())
+            continue
+        found += sorted(
+            p.parent.resolve() for p in folder.rglob(MANIFEST_FILE) if is_run_folder(p.parent)
+        )
+    found = list(dict.fromkeys(found))
+    if not found:
+        raise FileNotFoundError(
+            f"no run folders (with {MANIFEST_FILE} and {R.METRICS_FILE}) under "
+            f"{', '.join(map(str, folders))}"
+        )
+    return found
+
+
+def unfinished_run_folders(folders: Sequence[str | Path]) -> list[Path]:
+    """Folders below ``folders`` with a manifest but no test metrics."""
+    manifests = [p for f in map(Path, folders) for p in sorted(f.rglob(MANIFEST_FILE))]
+    return [p.parent for p in manifests if not is_run_folder(p.parent)]
+
+
+def load_run(path: Path) -> SweepRun:
+    """Config, test metrics and (if evaluated) OOD AUROCs of a run folder."""
+    config_path = path / "config.yaml"
+    if not config_path.is_file():
+        raise FileNotFoundError(
+            f"{config_path} is missing (not a run folder of bayesian_lora.train)"
+        )
+    config = OmegaConf.to_container(OmegaConf.load(config_path), resolve=False)
+    metrics = dict(R.json_load(path / R.METRICS_FILE).get("ensemble", {}))
+    evaluation = path / EVALUATION_DIR / R.METRICS_FILE
+    if evaluation.is_file():
+        ood = R.json_load(evaluation).get("ood")
+        if ood:
+            metrics["ood_auroc_entropy"] = ood["entropy"]["auroc"]
+            metrics["ood_auroc_mi"] = ood["mutual_information"]["auroc"]
+            metrics["ood_task"] = ood["task"]
+    return SweepRun(path, config, metrics)
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, f"{key}."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_key(run: SweepRun) -> tuple[tuple[str, str], ...]:
+    """The run's config without seed and location keys: equal keys = seeds of one config."""
+    flat = _flatten(run.config)
+    keep = {
+        k: repr(v)
+        for k, v in flat.items()
+        if not any(k == i or k.startswith(f"{i}.") for i in IGNORED)
+    }
+    return tuple(sorted(keep.items()))
+
+
+def group_runs(runs: Sequence[SweepRun]) -> list[Group]:
+    """Groups of seeds, labelled ``sampler`` plus the keys that tell same-sampler groups apart."""
+    groups: dict[tuple, Group] = {}
+    for run in runs:
+        groups.setdefault(config_key(run), Group(config_key(run))).runs.append(run)
+    out = sorted(
+        groups.values(), key=lambda g: (g.first.model, g.first.task, _order(g.first.sampler))
+    )
+    for g in out:
+        g.runs.sort(key=lambda r: r.seed)
+        twins = [
+            h
+            for h in out
+            if (h.first.model, h.first.task, h.first.sampler)
+            == (g.first.model, g.first.task, g.first.sampler)
+        ]
+        g.label = g.first.sampler + _distinguishing(g, twins)
+    return out
+
+
+def _order(sampler: str) -> tuple[int, str]:
+    return (0 if sampler == "map" else 1, sampler)
+
+
+def _distinguishing(group: Group, twins: Sequence[Group]) -> str:
+    if len(twins) < 2:
+        return ""
+    mine = dict(group.key)
+    varying = [k for k in mine if any(dict(t.key).get(k) != mine[k] for t in twins)]
+    return " (" + ", ".join(f"{k}={mine[k]}" for k in varying[:3]) + ")"
+
+
+# ----------------------------------------------------------------------------- rows
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    arr = np.array([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
+    if arr.size == 0:
+        return math.nan, math.nan
+    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else math.nan
+
+
+def group_row(group: Group) -> dict[str, Any]:
+    """Mean and std over seeds of every metric column."""
+    row: dict[str, Any] = {
+        "method": group.label,
+        "model": group.first.model,
+        "task": group.first.task,
+        "n": len(group.runs),
+        "seeds": [r.seed for r in group.runs],
+    }
+    for _, key, _ in COLUMNS:
+        values = [v for r in group.runs if (v := r.metrics.get(key)) is not None]
+        if values:
+            row[f"{key}_mean"], row[f"{key}_std"] = mean_std(values)
+            row[f"{key}_n"] = len(values)
+    return row
+
+
+def deep_ensemble_row(group: Group) -> tuple[dict[str, Any] | None, str | None]:
+    """Average the saved probabilities of >= 2 MAP runs (row, or None and the reason)."""
+    arrays = []
+    for run in group.runs:
+        try:
+            arrays.append(R.load_predictions(run.path / R.PREDICTIONS_FILE))
+        except SampleFileError as err:
+            return None, f"deep ensemble of {group.label} skipped: {err}"
+    labels = arrays[0]["labels"]
+    if any(
+        a["labels"].shape != labels.shape or not np.array_equal(a["labels"], labels) for a in arrays
+    ):
+        return None, f"deep ensemble of {group.label} skipped: the runs' test sets differ"
+    task = get_task(group.first.task)
+    obs = float(group.first.config["data"].get("obs_std", 0.5)) if task.is_regression else None
+    preds = np.concatenate([a["predictions"] for a in arrays])
+    metrics = ensemble_metrics(preds, labels, task.metric, obs)
+    row = {
+        "method": "deep_ensemble" + group.label.removeprefix("map"),
+        "model": group.first.model,
+        "task": group.first.task,
+        "n": len(group.runs),
+        "seeds": [r.seed for r in group.runs],
+    }
+    row.update({f"{key}_mean": metrics[key] for _, key, _ in COLUMNS if key in metrics})
+    return row, None
+
+
+# ----------------------------------------------------------------------------- diagnostics
+
+
+def run_chain_summaries(run: SweepRun, probes: int) -> dict[str, np.ndarray]:
+    """Function-space summaries per kept sample, from the run's saved predictions."""
+    arrays = R.load_predictions(run.path / R.PREDICTIONS_FILE)
+    preds, labels = arrays["predictions"].astype(np.float64), arrays["labels"]
+    task = get_task(run.task)
+    obs = float(run.config["data"].get("obs_std", 0.5))
+    summary = R.function_space_summaries(
+        preds, labels, task, obs, R.probe_indices(len(labels), probes)
+    )
+    try:
+        samples, _ = load_samples(run.path)
+        norms = R.lora_norms(samples)
+        if norms.size:
+            summary[R.LORA_NORM] = norms
+    except SampleFileError:
+        pass  # the function-space summaries still stand
+    return summary
+
+
+def group_diagnostics(group: Group, probes: int, rhat: float, ess: float) -> dict[str, Any] | None:
+    """R-hat / ESS across the seeds of a sampler group (None for MAP or a single seed)."""
+    if group.first.sampler == "map" or len(group.runs) < 2:
+        return None
+    chains = [run_chain_summaries(r, probes) for r in group.runs]
+    diag = R.diagnose_chains(chains, rhat, ess)
+    diag["verdict"] = R.diagnostics_verdict(diag)
+    diag["method"], diag["model"], diag["task"] = group.label, group.first.model, group.first.task
+    return diag
+
+
+# ----------------------------------------------------------------------------- formatting
+
+
+def _cell(row: Mapping[str, Any], key: str, scale: float) -> str:
+    """``mean ± std``; ``(n=..)`` when fewer runs than the row's seeds have the metric."""
+    mean, std = row.get(f"{key}_mean"), row.get(f"{key}_std")
+    if mean is None or not math.isfinite(mean):
+        return "–"
+    spec = ".2f" if scale != 1 else ".4f"
+    text = format(mean * scale, spec)
+    if std is not None and math.isfinite(std):
+        text += f" ± {format(std * scale, spec)}"
+    n = row.get(f"{key}_n", row["n"])
+    return text if n == row["n"] else f"{text} (n={n})"
+
+
+def used_columns(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, float]]:
+    return [c for c in COLUMNS if any(f"{c[1]}_mean" in r for r in rows)]
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    cols = used_columns(rows)
+    head = ["model", "task", "method", "n", *[c[0] for c in cols]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["model"], r["task"], r["method"], str(r["n"])]
+        cells += [_cell(r, key, scale) for _, key, scale in cols]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def diagnostics_table(diags: Sequence[Mapping[str, Any]]) -> str:
+    head = "| model | task | method | summary | chains | draws | R-hat | bulk ESS | tail ESS | ok |"
+    lines = [head, "|" + "---|" * 10]
+    for d in diags:
+        for name, s in d["summaries"].items():
+            cells = [
+                d["model"],
+                d["task"],
+                d["method"],
+                name,
+                str(s["n_chains"]),
+                str(s["n_draws"]),
+                _num(s["rhat"], ".3f"),
+                _num(s["ess_bulk"], ".0f"),
+                _num(s["ess_tail"], ".0f"),
+                "yes" if s["mixed"] else "**NO**",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _num(x: float, spec: str) -> str:
+    return format(x, spec) if x is not None and math.isfinite(x) else "NaN"
+
+
+def csv_rows(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
+    """Explicit units in the names: ``acc_pct_mean``, ``ece_pct_std``, ``nll_mean`` ..."""
+    cols = used_columns(rows)
+    names = ["model", "task", "method", "n", "seeds"]
+    out = []
+    for _, key, scale in cols:
+        unit = "_pct" if scale != 1 else ""
+        names += [f"{key}{unit}_mean", f"{key}{unit}_std"]
+    for r in rows:
+        line: dict[str, Any] = {k: r[k] for k in ("model", "task", "method", "n")}
+        line["seeds"] = " ".join(map(str, r["seeds"]))
+        for _, key, scale in cols:
+            unit = "_pct" if scale != 1 else ""
+            for stat in ("mean", "std"):
+                v = r.get(f"{key}_{stat}")
+                line[f"{key}{unit}_{stat}"] = "" if v is None or not math.isfinite(v) else v * scale
+        out.append(line)
+    return names, out
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def table_rows(groups: Sequence[Group]) -> tuple[list[dict[str, Any]], list[str]]:
+    """One row per group, plus a deep-ensemble row after each group of >= 2 MAP runs."""
+    rows, notes = [], []
+    for g in groups:
+        rows.append(group_row(g))
+        if g.first.sampler == "map" and len(g.runs) >= 2:
+            row, note = deep_ensemble_row(g)
+            rows += [row] if row else []
+            notes += [note] if note else []
+    return rows, notes
+
+
+def run_notes(folders: Sequence[str | Path], runs: Sequence[SweepRun]) -> list[str]:
+    """Skipped (unfinished) run folders and the OOD tasks behind the AUROC columns."""
+    notes = []
+    unfinished = unfinished_run_folders(folders)
+    if unfinished:
+        notes.append(
+            f"skipped {len(unfinished)} run folder(s) without {R.METRICS_FILE} (unfinished, or "
+            f"trained with evaluate_on_fit_end=false): {', '.join(p.name for p in unfinished)}"
+        )
+    ood_tasks = sorted({str(r.metrics["ood_task"]) for r in runs if "ood_task" in r.metrics})
+    if ood_tasks:
+        notes.append(f"OOD AUROCs are against the test inputs of: {', '.join(ood_tasks)}")
+    return notes
+
+
+def build_report(
+    folders: Sequence[str | Path],
+    out_dir: Path | None = None,
+    probes: int = R.NUM_PROBES,
+    rhat_threshold: float = 1.05,
+    ess_threshold: float = 100.0,
+    plots: bool = True,
+) -> dict[str, Any]:
+    """Find, aggregate and write; returns the report as a dict (also in ``report.json``)."""
+    runs = [load_run(p) for p in find_run_folders(folders)]
+    out_dir = Path(out_dir or folders[0])
+    groups = group_runs(runs)
+    rows, notes = table_rows(groups)
+    notes += run_notes(folders, runs)
+    diags = [
+        d for g in groups if (d := group_diagnostics(g, probes, rhat_threshold, ess_threshold))
+    ]
+    figures = write_plots(out_dir, rows, diags) if plots else []
+    report = {
+        "folders": [str(f) for f in folders],
+        "num_runs": len(runs),
+        "rows": rows,
+        "diagnostics": [{k: v for k, v in d.items() if k != "_chains"} for d in diags],
+        "notes": notes,
+        "plots": [p.name for p in figures],
+    }
+    write_report(out_dir, report, rows, diags)
+    return report
+
+
+def write_plots(
+    out_dir: Path, rows: Sequence[Mapping[str, Any]], diags: Sequence[Mapping[str, Any]]
+) -> list[Path]:
+    paths = []
+    for model, task in dict.fromkeys((r["model"], r["task"]) for r in rows):
+        sub = [r for r in rows if (r["model"], r["task"]) == (model, task)]
+        regression = get_task(task).is_regression
+        metrics = ("nll", "rmse", "pearson") if regression else ("acc", "nll", "ece")
+        metrics = tuple(m for m in metrics if all(f"{m}_mean" in r for r in sub))
+        if metrics:
+            path = out_dir / f"comparison_{slug(model)}_{slug(task)}.png"
+            paths.append(P.comparison_plot(sub, path, metrics, title=f"{model} on {task}"))
+    for d in diags:
+        prefix = f"{slug(d['model'])}_{slug(d['task'])}_{slug(d['method'])}_"
+        paths += R.write_diagnostic_plots(out_dir, d, prefix)
+    return paths
+
+
+def write_report(
+    out_dir: Path,
+    report: Mapping[str, Any],
+    rows: Sequence[Mapping[str, Any]],
+    diags: Sequence[Mapping[str, Any]],
+) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "report.md").write_text(markdown_report(report, rows, diags))
+    names, lines = csv_rows(rows)
+    with (out_dir / "report.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=names)
+        writer.writeheader()
+        writer.writerows(lines)
+    R.write_json(out_dir / "report.json", report)
+
+
+def markdown_report(
+    report: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], diags: Sequence[Mapping[str, Any]]
+) -> str:
+    parts = [
+        "# Sweep report",
+        f"{report['num_runs']} run folders under {', '.join(report['folders'])}.",
+        "Test metrics of each run's ensemble of kept samples: mean ± std (ddof=1) over seeds, "
+        "`n` = seeds (or members, for `deep_ensemble`). Accuracy, F1 and ECE in percent; NLL in "
+        "nats per example; OOD AUROCs where `evaluate ... ood=<task>` was run.",
+        markdown_table(rows),
+    ]
+    parts += [f"- {n}" for n in report["notes"]]
+    if diags:
+        parts += ["## MCMC diagnostics (seeds as chains)", diagnostics_table(diags)]
+        parts += [f"- **{d['method']}** ({d['model']}, {d['task']}): {d['verdict']}" for d in diags]
+    if report["plots"]:
+        parts += ["## Plots", *[f"![{p}]({p})" for p in report["plots"]]]
+    return "\n\n".join(parts) + "\n"
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m bayesian_lora.report", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("folders", nargs="+", help="sweep folder(s) (multirun/<sweep>) or run folders")
+    p.add_argument(
+        "--out", type=Path, default=None, help="output folder (default: the first folder)"
+    )
+    p.add_argument("--probes", type=int, default=R.NUM_PROBES, help="probe test examples traced")
+    p.add_argument("--rhat-threshold", type=float, default=1.05)
+    p.add_argument("--ess-threshold", type=float, default=100.0)
+    p.add_argument("--no-plots", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        report = build_report(
+            args.folders,
+            args.out,
+            args.probes,
+            args.rhat_threshold,
+            args.ess_threshold,
+            plots=not args.no_plots,
+        )
+    except (FileNotFoundError, SampleFileError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(markdown_table(report["rows"]))
+    for d in report["diagnostics"]:
+        print(f"{d['method']} ({d['model']}, {d['task']}): {d['verdict']}")
+    print(f"report written to {Path(args.out or args.folders[0]) / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

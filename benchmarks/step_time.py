@@ -1,0 +1,126 @@
+"""Step time of each sampler against a plain PEFT + AdamW training step, same model and batch.
+
+    python benchmarks/step_time.py --model minilm --batch-size 32 --length 64 --repeats 5
+
+Targets (issue "Samplers"): SGLD, pSGLD, ASGLD, SGHMC within 1.05x of AdamW; SAM variants
+within 2.1x (two forward/backward passes); the sample-collection copy under 1% of a step.
+Optimizers are timed round-robin (one block of steps each, repeated) so that drifting machine
+load hits all of them alike; the table reports the median block.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from omegaconf import OmegaConf
+
+from bayesian_lora.config import CONFIG_DIR
+from bayesian_lora.models.lora import ModelSettings, build_lora_model, sampled_parameters
+from bayesian_lora.samplers import SAMPLERS
+
+HPARAMS = {
+    "psgld": {},
+    "asgld": {"drift": 1e-3},
+    "sam_sgld": {"rho": 0.05},
+    "sam_sgld_r1": {"rho": 0.05, "direction_scale": 1.0},
+    "sghmc": {"friction": 0.1},
+}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def make_batch(vocab: int, batch: int, length: int, device: torch.device) -> dict:
+    g = torch.Generator().manual_seed(0)
+    return {
+        "input_ids": torch.randint(1000, vocab, (batch, length), generator=g).to(device),
+        "attention_mask": torch.ones(batch, length, dtype=torch.long, device=device),
+        "labels": torch.randint(0, 2, (batch,), generator=g).to(device),
+    }
+
+
+def make_optimizers(params: list, num_data: int) -> dict[str, torch.optim.Optimizer]:
+    opts: dict[str, torch.optim.Optimizer] = {
+        "adamw": torch.optim.AdamW(params, lr=1e-5, weight_decay=0.0)
+    }
+    for name, cls in SAMPLERS.items():
+        opts[name] = cls(params, lr=1e-6, num_data=num_data, **HPARAMS.get(name, {}))
+    return opts
+
+
+def time_block(step: Callable[[], None], n: int, device: torch.device) -> float:
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(n):
+        step()
+    sync(device)
+    return (time.perf_counter() - start) / n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--model", default="minilm", help="a conf/model/*.yaml name")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--length", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=3, help="steps per timed block")
+    ap.add_argument("--repeats", type=int, default=5, help="round-robin blocks per optimizer")
+    ap.add_argument("--samples", type=int, default=20, help="on-device sample buffer size")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--precision", default="32", choices=["32", "bf16"])
+    args = ap.parse_args()
+
+    device = torch.device(args.device)
+    settings = ModelSettings.from_config(
+        OmegaConf.load(CONFIG_DIR / "model" / f"{args.model}.yaml")
+    )
+    model = build_lora_model(settings, 2).to(device)
+    model.train()
+    params = list(sampled_parameters(model).values())
+    batch = make_batch(model.config.vocab_size, args.batch_size, args.length, device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
+
+    def closure() -> torch.Tensor:
+        for p in params:
+            p.grad = None
+        with autocast:
+            loss = model(**batch).loss
+        loss.backward()
+        return loss
+
+    opts = make_optimizers(params, num_data=10_000)
+    steps = {name: (lambda o=opt: o.step(closure)) for name, opt in opts.items()}
+    for step in steps.values():  # warm-up: allocator, optimizer state
+        step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(args.repeats):
+        for name, step in steps.items():
+            times[name].append(time_block(step, args.steps, device))
+
+    buffer = [torch.empty((args.samples, *p.shape), device=device, dtype=p.dtype) for p in params]
+
+    def keep_sample() -> None:  # what SampleCollector does at a kept step
+        torch._foreach_copy_([b[0] for b in buffer], [p.detach() for p in params])
+
+    copy_time = statistics.median(time_block(keep_sample, 20, device) for _ in range(5))
+    base = statistics.median(times["adamw"])
+    print(
+        f"\nmodel={args.model} batch={args.batch_size} length={args.length} device={device} "
+        f"precision={args.precision} sampled params={sum(p.numel() for p in params):,}\n"
+    )
+    print("| step | median s/step | ratio to AdamW | target |")
+    print("|---|---|---|---|")
+    for name, ts in times.items():
+        target = "1.00" if name == "adamw" else ("<= 2.10" if name.startswith("sam") else "<= 1.05")
+        med = statistics.median(ts)
+        print(f"| {name} | {med:.4f} | {med / base:.3f} | {target} |")
+    print(f"| sample copy (per kept sample) | {copy_time:.6f} | {copy_time / base:.5f} | < 0.01 |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,374 @@
+"""validate_config on the composed Hydra config: bad values are refused, shipped configs pass.
+
+Pure config composition (see ``compose_train``): no model, tokenizer or data is loaded.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra._internal.config_loader_impl import ConfigLoaderImpl
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf
+
+from bayesian_lora.config import CONFIG_DIR
+from bayesian_lora.config_validation import ConfigError, validate_config
+
+GROUPS = {p.name for p in Path(CONFIG_DIR).iterdir() if p.is_dir()}
+#: Groups whose configs write only their own node (test_groups_write_only_their_node checks it).
+SWAPPABLE = ("sampler", "model", "data", "trainer", "logger")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _hydra() -> Iterator[None]:
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        yield
+
+
+@functools.cache
+def _compose_groups(groups: tuple[str, ...]) -> DictConfig:
+    return compose(config_name="train", overrides=list(groups))
+
+
+def _is_group(override: str) -> bool:
+    return override.split("=", 1)[0].lstrip("+~").split("@")[0] in GROUPS
+
+
+def compose_train(overrides: list[str]) -> DictConfig:
+    """What ``compose(config_name="train", overrides=overrides)`` returns, at a fraction of the cost.
+
+    A compose costs ~0.06 s of CPU (half of it Hydra's own config), so each group selection is
+    composed once (cached): a combination of ``SWAPPABLE`` selections is the default config with
+    their nodes swapped in, any other selection (``debug=``, ``experiment=``) is composed as
+    given. The ``key=value`` overrides are then applied by the function Hydra's ``compose``
+    applies them with, to a struct-mode copy. ``test_fast_compose_is_hydra_compose`` compares
+    the result with ``compose`` itself.
+    """
+    groups = [o for o in overrides if _is_group(o)]
+    values = [o for o in overrides if not _is_group(o)]
+    if all(o.split("=", 1)[0] in SWAPPABLE for o in groups):
+        cfg = copy.deepcopy(_compose_groups(()))
+        for o in groups:
+            group = o.split("=", 1)[0]
+            cfg[group] = copy.deepcopy(_compose_groups((o,))[group])
+    else:
+        cfg = copy.deepcopy(_compose_groups(tuple(groups)))
+    ConfigLoaderImpl._apply_overrides_to_config(
+        OverridesParser.create().parse_overrides(values), cfg
+    )
+    return cfg
+
+
+def options(group: str) -> list[str]:
+    """The selectable configs of a group (``_``-prefixed files are shared fragments)."""
+    folder = Path(CONFIG_DIR) / group
+    return sorted(p.stem for p in folder.glob("*.yaml") if not p.stem.startswith("_"))
+
+
+MISSING_DIR = "/nonexistent/bayesian_lora_run"
+
+# (overrides, key, the bad value as the message shows it, a fragment of the allowed text)
+BAD = [
+    # top level
+    ("seed=-1", "seed", "-1", "an integer in [0, 4294967295]"),
+    ("prior_std=0", "prior_std", "0", "a number > 0"),
+    ("grad_clip=0", "grad_clip", "0", "null or a number > 0"),
+    ("dropout_during_sampling=maybe", "dropout_during_sampling", "'maybe'", "true or false"),
+    (f"resume={MISSING_DIR}", "resume", repr(MISSING_DIR), "null or an existing folder"),
+    # model
+    ("model.max_length=1024", "model.max_length", "1024", "has 512 positions"),
+    ("model.max_length=128.0", "model.max_length", "128.0", "an integer"),
+    (
+        "model=tiny +model.tiny.max_position_embeddings=32 model.max_length=64",
+        "model.max_length",
+        "64",
+        "an integer in [8, 32]",
+    ),
+    ("model.lora.r=0", "model.lora.r", "0", "an integer >= 1"),
+    ("model.lora.r=2.5", "model.lora.r", "2.5", "an integer >= 1"),
+    ("model.lora.alpha=-1", "model.lora.alpha", "-1", "a number > 0"),
+    ("model.lora.dropout=1.0", "model.lora.dropout", "1.0", "a number in [0, 1)"),
+    ("model.lora.target_modules=[]", "model.lora.target_modules", "[]", "at least one name"),
+    (
+        "model=distilbert model.lora.target_modules=[query,value]",
+        "model.lora.target_modules",
+        "['query', 'value']",
+        "DistilBERT linear layers: q_lin, k_lin, v_lin, out_lin, lin1, lin2",
+    ),
+    (
+        "model=distilbert model.lora.modules_to_save=[classifier]",
+        "model.lora.modules_to_save",
+        "['classifier']",
+        "including pre_classifier",
+    ),
+    (
+        "model.lora.modules_to_save=[clasifier]",
+        "model.lora.modules_to_save",
+        "['clasifier']",
+        "head modules among classifier, pooler",
+    ),
+    ("+model.lora.rank=4", "model.lora.rank", "4", "keys of model.lora: r, alpha, dropout"),
+    # data
+    ("data.task=mnli", "data.task", "'mnli'", "one of ag_news, cola, imdb, mrpc"),
+    ("data.batch_size=abc", "data.batch_size", "'abc'", "an integer >= 1"),
+    ("data.eval_batch_size=true", "data.eval_batch_size", "True", "an integer >= 1"),
+    ("data.val_fraction=0", "data.val_fraction", "0", "a number in (0, 1)"),
+    ("data.max_train_samples=0", "data.max_train_samples", "0", "null or an integer >= 1"),
+    ("data=stsb data.obs_std=0", "data.obs_std", "0", "a number > 0"),
+    # sampler: name, algorithm, common chain keys
+    ("sampler.name=langevin", "sampler.name", "'langevin'", "one of map, asgld, psgld"),
+    ("sampler=csgld sampler.algorithm=sgd", "sampler.algorithm", "'sgd'", "one of asgld, psgld"),
+    ("sampler=sgld sampler.lr=0", "sampler.lr", "0", "a number > 0 (step size eta)"),
+    (
+        "sampler=sgld sampler.temperature=-1",
+        "sampler.temperature",
+        "-1",
+        "a number > 0 (1 = Bayes posterior, < 1 = cold)",
+    ),
+    ("sampler=sgld sampler.burn_in=-1", "sampler.burn_in", "-1", "an integer >= 0"),
+    ("sampler=sgld sampler.thin=0", "sampler.thin", "0", "an integer >= 1"),
+    ("sampler=sgld sampler.num_samples=0", "sampler.num_samples", "0", "an integer >= 1"),
+    ("sampler=sgld sampler.warmup.steps=-5", "sampler.warmup.steps", "-5", "an integer >= 0"),
+    ("sampler=sgld sampler.warmup.lr=0", "sampler.warmup.lr", "0", "a number > 0"),
+    (
+        f"sampler=sgld sampler.warmup.from_run={MISSING_DIR}",
+        "sampler.warmup.from_run",
+        repr(MISSING_DIR),
+        "null or an existing folder",
+    ),
+    ("sampler=sgld sampler.max_steps=0", "sampler.max_steps", "0", "null or an integer >= 1"),
+    # sampler hparams: the samplers' own constructor checks
+    ("sampler=sam_sgld sampler.hparams.rho=-0.1", "sampler.hparams.rho", "-0.1", ">= 0"),
+    (
+        "sampler=sam_sgld_r1 sampler.hparams.direction_scale=-2",
+        "sampler.hparams.direction_scale",
+        "-2",
+        ">= -1",
+    ),
+    ("sampler=sghmc sampler.hparams.friction=1.5", "sampler.hparams.friction", "1.5", "(0, 1]"),
+    ("sampler=csghmc sampler.hparams.friction=0", "sampler.hparams.friction", "0", "(0, 1]"),
+    ("sampler=psgld sampler.hparams.beta=1.0", "sampler.hparams.beta", "1.0", "[0, 1)"),
+    ("sampler=psgld sampler.hparams.eps=0", "sampler.hparams.eps", "0", "> 0"),
+    ("sampler=asgld sampler.hparams.drift=-1", "sampler.hparams.drift", "-1", ">= 0"),
+    (
+        "sampler=sgld +sampler.hparams.foo=1",
+        "sampler.hparams.foo",
+        "1",
+        "unknown key; keys of sampler sgld's hparams: none",
+    ),
+    (
+        "sampler=psgld +sampler.hparams.rho=0.1",
+        "sampler.hparams.rho",
+        "0.1",
+        "keys of sampler psgld's hparams: beta, eps",
+    ),
+    # step-size schedules
+    (
+        "sampler=sgld sampler.schedule.name=linear",
+        "sampler.schedule.name",
+        "'linear'",
+        "one of constant, polynomial, cyclical",
+    ),
+    (
+        "sampler=sgld sampler.schedule.name=polynomial +sampler.schedule.tau=0 "
+        "+sampler.schedule.gamma=0.55",
+        "sampler.schedule.tau",
+        "0",
+        "a number > 0",
+    ),
+    (
+        "sampler=sgld sampler.schedule.name=polynomial +sampler.schedule.tau=100",
+        "sampler.schedule.gamma",
+        "<missing>",
+        "a number >= 0",
+    ),
+    (
+        "sampler=csgld sampler.schedule.cycle_length=1",
+        "sampler.schedule.cycle_length",
+        "1",
+        "an integer >= 2",
+    ),
+    (
+        "sampler=csgld sampler.schedule.exploration_fraction=1.0",
+        "sampler.schedule.exploration_fraction",
+        "1.0",
+        "null or a number in [0, 1)",
+    ),
+    (
+        "sampler=csgld sampler.schedule.cycle_length=2 sampler.schedule.exploration_fraction=0.6",
+        "sampler.schedule.exploration_fraction",
+        "0.6",
+        "at most (cycle_length - 1) / cycle_length = 0.5",
+    ),
+    (
+        "sampler=csghmc +sampler.schedule.tau=5",
+        "sampler.schedule.tau",
+        "5",
+        "keys of the cyclical schedule: name, cycle_length, exploration_fraction",
+    ),
+    # the chain's step arithmetic (ChainPlan.validate)
+    (
+        "sampler=sgld sampler.max_steps=100",
+        "sampler.max_steps",
+        "100",
+        "need 300 warm-up + 200 burn-in + 10 samples x thin 20 = 700 steps but max_steps=100",
+    ),
+    (
+        "sampler=csgld sampler.max_steps=699",
+        "sampler.max_steps",
+        "699",
+        "leaves 100 sampling-stage steps per cycle",
+    ),
+    # MAP
+    ("+sampler.hparams.foo=1", "sampler.hparams.foo", "1", "keys of sampler map's hparams: none"),
+    ("sampler.lr=0", "sampler.lr", "0", "a number > 0 (AdamW learning rate)"),
+    ("sampler.weight_decay=-0.1", "sampler.weight_decay", "-0.1", "a number >= 0"),
+    ("sampler.warmup_ratio=1.0", "sampler.warmup_ratio", "1.0", "a number in [0, 1)"),
+    # trainer and callbacks
+    ("trainer.max_epochs=0", "trainer.max_epochs", "0", "an integer >= 1, or -1"),
+    ("trainer.precision=16-true", "trainer.precision", "'16-true'", "one of 32-true"),
+    ("trainer.devices=0", "trainer.devices", "0", "an integer >= 1, -1 (all), auto"),
+    (
+        "callbacks.early_stopping.patience=-1",
+        "callbacks.early_stopping.patience",
+        "-1",
+        "an integer >= 0",
+    ),
+    (
+        "callbacks.checkpoint.every_n_train_steps=0",
+        "callbacks.checkpoint.every_n_train_steps",
+        "0",
+        "an integer >= 1",
+    ),
+    ("callbacks.samples.flush_every=0", "callbacks.samples.flush_every", "0", "an integer >= 1"),
+]
+
+
+def test_groups_write_only_their_node() -> None:
+    """Selecting a SWAPPABLE group's config changes that node and nothing else."""
+    default = OmegaConf.to_container(_compose_groups(()))
+    for group in SWAPPABLE:
+        for choice in options(group):
+            chosen = OmegaConf.to_container(_compose_groups((f"{group}={choice}",)))
+            assert chosen.keys() == default.keys(), f"{group}={choice}"
+            changed = [k for k in default if k != group and chosen[k] != default[k]]
+            assert not changed, f"{group}={choice} also writes {changed}"
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        "sampler=csgld model=distilbert data=stsb trainer=ddp logger=many "
+        "sampler.schedule.cycle_length=2 +sampler.hparams.foo=[1,2] seed=3",
+        "model=tiny logger=none +model.tiny.max_position_embeddings=32 data.batch_size=abc",
+        "sampler=sam_sgld_r1 model=roberta trainer=gpu trainer.devices=[0]",
+        "debug=smoke sampler=csghmc ~sampler.hparams.friction sampler.warmup.lr=1e-3",
+    ],
+)
+def test_fast_compose_is_hydra_compose(overrides: str) -> None:
+    fast = compose_train(overrides.split())
+    real = compose(config_name="train", overrides=overrides.split())
+    assert OmegaConf.to_container(fast) == OmegaConf.to_container(real)
+    assert OmegaConf.is_struct(fast) and OmegaConf.is_struct(real)
+
+
+@pytest.mark.parametrize(("overrides", "key", "shown", "allowed"), BAD, ids=[c[0] for c in BAD])
+def test_bad_value_is_refused(overrides: str, key: str, shown: str, allowed: str) -> None:
+    cfg = compose_train(overrides.split())
+    with pytest.raises(ConfigError) as info:
+        validate_config(cfg)
+    message = str(info.value)
+    assert isinstance(info.value, ValueError)
+    assert "\n" not in message, f"expected exactly one error, got:\n{message}"
+    assert f"{key}={shown} is not allowed: " in message
+    assert allowed in message
+
+
+def test_all_errors_are_reported_at_once() -> None:
+    cfg = compose_train(["sampler=sgld", "model.lora.r=0", "sampler.temperature=-1"])
+    with pytest.raises(ConfigError, match="2 config errors") as info:
+        validate_config(cfg)
+    assert "model.lora.r=0" in str(info.value)
+    assert "sampler.temperature=-1" in str(info.value)
+
+
+def test_train_refuses_before_loading_anything(monkeypatch: pytest.MonkeyPatch) -> None:
+    import bayesian_lora.train as train_mod
+
+    def must_not_load(*args: object, **kwargs: object) -> None:
+        raise AssertionError("data was loaded before the config was validated")
+
+    monkeypatch.setattr(train_mod, "build_datamodule", must_not_load)
+    with pytest.raises(ConfigError, match="sampler.max_steps=100"):
+        train_mod.train(compose_train(["sampler=sgld", "sampler.max_steps=100"]))
+
+
+# ---------------------------------------------------------------- no false alarms
+SAMPLERS, MODELS = options("sampler"), options("model")
+COMBOS = [(s, m) for s in SAMPLERS for m in MODELS]
+
+
+@pytest.mark.parametrize(("sampler", "model"), COMBOS, ids=[f"{s}-{m}" for s, m in COMBOS])
+def test_shipped_combinations_pass(sampler: str, model: str) -> None:
+    """Every sampler x model; data, trainer and logger configs rotate through the matrix."""
+    i = COMBOS.index((sampler, model))
+    groups = {g: options(g) for g in ("data", "trainer", "logger")}
+    picks = [f"{g}={names[i % len(names)]}" for g, names in groups.items()]
+    validate_config(compose_train([f"sampler={sampler}", f"model={model}", *picks]))
+
+
+def test_every_data_trainer_and_logger_config_is_in_the_matrix() -> None:
+    for group in ("data", "trainer", "logger"):
+        names = options(group)
+        assert {names[i % len(names)] for i in range(len(COMBOS))} == set(names), group
+
+
+@pytest.mark.parametrize("debug", options("debug"))
+@pytest.mark.parametrize("sampler", ["map", "csghmc"])
+def test_debug_configs_pass(debug: str, sampler: str) -> None:
+    validate_config(compose_train([f"debug={debug}", f"sampler={sampler}", "model=tiny"]))
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_experiments_pass(experiment: str) -> None:
+    """Each experiment, and each value of each key its sweep varies (one key at a time)."""
+    validate_config(compose_train([f"experiment={experiment}"]))
+    full = compose(
+        config_name="train", overrides=[f"experiment={experiment}"], return_hydra_config=True
+    )
+    sweep = full.hydra.sweeper.get("params") or {}
+    parser = OverridesParser.create()
+    for key, values in sweep.items():
+        (override,) = parser.parse_overrides([f"{key}={values}"])
+        for value in override.sweep_string_iterator():
+            validate_config(compose_train([f"experiment={experiment}", f"{key}={value}"]))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        "seed=0 sampler=sgld sampler.temperature=0.5 sampler.lr=1e-3",
+        "sampler=sghmc sampler.hparams.friction=1",
+        "sampler=psgld sampler.hparams.beta=0",
+        "sampler=sam_sgld_r1 sampler.hparams.direction_scale=-1",
+        "sampler=sgld sampler.max_steps=700",
+        "sampler=csgld sampler.max_steps=700 sampler.schedule.exploration_fraction=0",
+        "sampler=sgld sampler.schedule.name=polynomial +sampler.schedule.tau=100 "
+        "+sampler.schedule.gamma=0.55",
+        "trainer.max_epochs=-1 trainer.devices=auto grad_clip=1.0",
+        "trainer=gpu trainer.devices=[0,1] data.max_train_samples=64",
+        "model.name_or_path=my/local-model model.lora.target_modules=[anything]",
+    ],
+)
+def test_boundary_values_pass(overrides: str) -> None:
+    validate_config(compose_train(overrides.split()))
+
+
+def test_existing_folders_pass(tmp_path: Path) -> None:
+    validate_config(compose_train([f"resume={tmp_path}"]))
+    validate_config(compose_train(["sampler=sgld", f"sampler.warmup.from_run={tmp_path}"]))

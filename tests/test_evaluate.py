@@ -1,0 +1,334 @@
+"""``python -m bayesian_lora.evaluate`` on tiny run folders trained here (synthetic data, CPU)."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig
+
+from bayesian_lora.callbacks.sample_store import SampleFileError, load_samples
+from bayesian_lora.config import CONFIG_DIR, load_run_config
+from bayesian_lora.config_validation import ConfigError
+from bayesian_lora.evaluate import (
+    ManifestMismatchError,
+    allocate,
+    build_eval_module,
+    build_test_batches,
+    eval_run_config,
+    evaluate,
+    open_run,
+    select_members,
+    spaced_indices,
+)
+from bayesian_lora.evaluation.ensemble import predict_once, predict_samples
+from bayesian_lora.evaluation.runner import evaluate_predictions, load_predictions
+from bayesian_lora.models.lora import ModelSettings, build_lora_model
+from bayesian_lora.train import train
+
+CHAIN = ["sampler.warmup.steps=3", "sampler.burn_in=2", "sampler.thin=2", "sampler.num_samples=4"]
+PLOTS = {"reliability.png", "confidence.png", "vs_size.png", "risk_coverage.png"}
+
+
+def _compose(name: str, overrides: list[str]) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name=name, overrides=overrides)
+
+
+def _train(data_dir: Path, out: Path, *extra: str) -> Path:
+    base = ["model=tiny", "debug=smoke", "logger=none", "data=mrpc"]  # a later data= wins
+    train(
+        _compose("train", [*base, f"paths.data_dir={data_dir}", f"paths.output_dir={out}", *extra])
+    )
+    return out
+
+
+def run_eval(*overrides: str) -> dict[str, Any]:
+    return evaluate(_compose("evaluate", list(overrides)))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Any:
+    """The tiny model is overhead-bound: extra threads only contend on a shared CPU (25x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def runs(synthetic_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two SGLD chains and two MAP runs (seeds 0 and 1) on synthetic MRPC."""
+    root = tmp_path_factory.mktemp("runs")
+    out = {}
+    for seed in (0, 1):
+        out[f"sgld{seed}"] = _train(
+            synthetic_data_dir, root / f"sgld{seed}", "sampler=sgld", f"seed={seed}", *CHAIN
+        )
+        out[f"map{seed}"] = _train(
+            synthetic_data_dir, root / f"map{seed}", f"seed={seed}", "trainer.max_epochs=2"
+        )
+    return out
+
+
+@pytest.fixture(scope="module")
+def chain_eval(runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp("chain_eval")
+    return run_eval(f"run_dir={runs['sgld0']}", "ood=sst2", "single=true", f"out_dir={out}")
+
+
+def _copy_run(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("checkpoints", "evaluation*"))
+    return dst
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def test_chain_evaluation_writes_json_predictions_and_plots(chain_eval: dict) -> None:
+    out = Path(chain_eval["out_dir"])
+    names = {p.name for p in out.iterdir()}
+    assert {"metrics.json", "predictions.safetensors", "evaluate.yaml"} <= names
+    assert PLOTS | {"ood_entropy.png", "ood_mutual_information.png"} <= names
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["kind"] == "chain" and saved["num_members"] == 4
+    assert len(saved["per_sample"]) == 4 and len(saved["vs_ensemble_size"]) == 3
+    assert {"acc@50", "acc@80", "acc@90", "acc@100", "aurc"} <= set(saved["selective"])
+    assert {"mutual_information", "entropy", "expected_entropy"} <= set(saved["ensemble"])
+    assert {"lora_norm_mean", "lora_norm_std", "lora_norm_cv"} == set(saved["parameters"])
+
+
+def test_metrics_recomputed_from_saved_predictions_are_identical(
+    chain_eval: dict, runs: dict[str, Path]
+) -> None:
+    out = Path(chain_eval["out_dir"])
+    arrays = load_predictions(out / "predictions.safetensors")
+    assert arrays["predictions"].shape == (4, 16, 2)
+    run_cfg = load_run_config(runs["sgld0"])
+    from bayesian_lora.data.tasks import get_task
+
+    again = evaluate_predictions(arrays["predictions"], arrays["labels"], get_task("mrpc"), 0.5)
+    saved = json.loads((out / "metrics.json").read_text())
+    assert again["ensemble"] == pytest.approx(saved["ensemble"], abs=0, rel=1e-12)
+    assert again["selective"] == saved["selective"]
+    # the same samples and test set as the train-time evaluation
+    train_time = json.loads((runs["sgld0"] / "metrics.json").read_text())["ensemble"]
+    assert saved["ensemble"] == pytest.approx(train_time, rel=1e-5)
+    assert run_cfg.data.task == "mrpc"
+
+
+def test_ood_reports_auroc_and_aupr_for_both_scores(chain_eval: dict) -> None:
+    ood = chain_eval["ood"]
+    assert ood["task"] == "sst2" and ood["n_in"] == 16 and ood["n_out"] > 0
+    for score in ("entropy", "mutual_information"):
+        assert set(ood[score]) == {"auroc", "aupr"}
+        assert 0.0 <= ood[score]["auroc"] <= 1.0
+    arrays = load_predictions(Path(chain_eval["out_dir"]) / "predictions.safetensors")
+    assert arrays["ood_predictions"].shape[:1] == (4,)
+
+
+def test_in_place_swap_matches_a_fresh_model_per_sample(runs: dict[str, Path]) -> None:
+    cfg = _compose("evaluate", [f"run_dir={runs['sgld0']}"])
+    run = open_run(runs["sgld0"])
+    run_cfg = eval_run_config(cfg, run)
+    module = build_eval_module(run_cfg, run, torch.device("cpu"))
+    _, batches = build_test_batches(run_cfg, torch.device("cpu"))
+    samples, _ = load_samples(runs["sgld0"])
+    swapped = predict_samples(module, samples, batches)
+    for i in range(samples[next(iter(samples))].shape[0]):
+        fresh = build_lora_model(ModelSettings.from_config(run_cfg.model), 2)
+        missing = fresh.load_state_dict({n: t[i] for n, t in samples.items()}, strict=False)
+        assert not missing.unexpected_keys
+        module.model = fresh.eval()
+        torch.testing.assert_close(predict_once(module, batches), swapped[i], rtol=0, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- members
+
+
+def test_k_keeps_evenly_spaced_samples_ending_at_the_last() -> None:
+    assert spaced_indices(10, 3) == [2, 5, 9]
+    assert spaced_indices(4, 4) == [0, 1, 2, 3]
+    assert spaced_indices(7, 1) == [6]
+    assert allocate(5, [4, 4]) == [3, 2] and allocate(None, [3, 1]) == [3, 1]
+    assert allocate(9, [1, 1]) == [1, 1]
+
+
+def test_members_are_round_robin_over_runs(runs: dict[str, Path]) -> None:
+    folders = [open_run(runs["sgld0"]), open_run(runs["sgld1"])]
+    assert select_members(folders, 3) == [(0, 1), (1, 3), (0, 3)]
+
+
+def test_k_limits_the_ensemble(runs: dict[str, Path]) -> None:
+    result = run_eval(f"run_dir={runs['sgld0']}", "k=2", "plots=false")
+    assert result["num_members"] == 2 and result["runs"][0]["samples_used"] == [1, 3]
+    assert Path(result["out_dir"]) == runs["sgld0"] / "evaluation_k2"
+
+
+def test_deep_ensemble_of_two_map_runs(runs: dict[str, Path]) -> None:
+    result = run_eval(f"run_dirs=[{runs['map0']},{runs['map1']}]")
+    assert result["kind"] == "deep_ensemble" and result["num_members"] == 2
+    assert Path(result["out_dir"]).name.startswith("evaluation_deep_ensemble_2runs_")
+    assert "skipped" in result["diagnostics"]
+    members = [load_predictions(runs[m] / "predictions.safetensors") for m in ("map0", "map1")]
+    saved = load_predictions(Path(result["out_dir"]) / "predictions.safetensors")
+    np.testing.assert_allclose(
+        saved["predictions"], np.concatenate([a["predictions"] for a in members]), atol=1e-6
+    )
+    assert saved["member_run"].tolist() == [0, 1]
+
+
+def test_pooled_chains_get_diagnostics_and_flags(runs: dict[str, Path], tmp_path: Path) -> None:
+    result = run_eval(f"run_dirs=[{runs['sgld0']},{runs['sgld1']}]", f"out_dir={tmp_path}")
+    diag = result["diagnostics"]
+    assert result["kind"] == "pooled_chains" and diag["n_chains"] == 2
+    names = set(diag["summaries"])
+    assert "test mean log-lik" in names and "LoRA norm" in names
+    assert sum(n.startswith("p(label) of probe") for n in names) == 3
+    assert not diag["all_mixed"] and diag["flags"]  # 4 draws per chain: ESS far below 100
+    assert diag["verdict"].startswith("WARNING")
+    assert {"trace.png", "autocorrelation.png"} <= {p.name for p in tmp_path.iterdir()}
+
+
+def test_mc_dropout_gives_k_differing_members(runs: dict[str, Path], tmp_path: Path) -> None:
+    result = run_eval(
+        f"run_dir={runs['map0']}", "mc_dropout=3", "ood=sst2", "plots=false", f"out_dir={tmp_path}"
+    )
+    assert result["kind"] == "map+mc_dropout3" and result["num_members"] == 3
+    preds = load_predictions(tmp_path / "predictions.safetensors")["predictions"]
+    assert not np.allclose(preds[0], preds[1]) and not np.allclose(preds[1], preds[2])
+    assert result["ensemble"]["mutual_information"] > 0 and "note" not in result["ood"]
+
+
+def test_map_ood_notes_that_mutual_information_is_zero(runs: dict[str, Path]) -> None:
+    result = run_eval(f"run_dir={runs['map0']}", "ood=sst2")
+    assert result["ood"]["mutual_information"]["auroc"] == 0.5
+    assert "mutual information is 0" in result["ood"]["note"]
+    assert Path(result["out_dir"]) == runs["map0"] / "evaluation"
+
+
+def test_regression_chains_pooled(
+    synthetic_data_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    root = tmp_path_factory.mktemp("stsb")
+    chains = [
+        _train(
+            synthetic_data_dir,
+            root / f"s{seed}",
+            "data=stsb",
+            "sampler=sgld",
+            f"seed={seed}",
+            *CHAIN,
+        )
+        for seed in (0, 1)
+    ]
+    out = root / "eval"
+    result = run_eval(f"run_dirs=[{chains[0]},{chains[1]}]", f"out_dir={out}")
+    assert {"nll", "rmse", "pearson", "spearman"} <= set(result["ensemble"])
+    assert "selective" not in result and result["num_members"] == 8
+    assert any(n.startswith("mean of probe") for n in result["diagnostics"]["summaries"])
+    assert load_predictions(out / "predictions.safetensors")["predictions"].shape == (8, 16)
+    assert {"vs_size.png", "trace.png"} <= {p.name for p in out.iterdir()}
+
+
+# ----------------------------------------------------------------------------- refusals
+
+
+def test_model_override_that_differs_from_the_manifest_is_refused(runs: dict[str, Path]) -> None:
+    with pytest.raises(ManifestMismatchError, match=r"lora\.r \(8 vs 4\)"):
+        run_eval(f"run_dir={runs['sgld0']}", "model=tiny", "model.lora.r=8")
+
+
+def test_edited_manifest_is_refused(runs: dict[str, Path], tmp_path: Path) -> None:
+    run = _copy_run(runs["map0"], tmp_path / "run")
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["model"]["lora"]["r"] = 16
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ManifestMismatchError, match=r"lora\.r \(4 vs 16\)"):
+        run_eval(f"run_dir={run}")
+
+
+def test_runs_of_different_tasks_cannot_be_pooled(runs: dict[str, Path], tmp_path: Path) -> None:
+    run = _copy_run(runs["map1"], tmp_path / "run")
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["task"] = "sst2"
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ManifestMismatchError, match=r"task \('mrpc' vs 'sst2'\)"):
+        run_eval(f"run_dirs=[{runs['map0']},{run}]")
+
+
+def test_truncated_samples_file_is_refused(runs: dict[str, Path], tmp_path: Path) -> None:
+    run = _copy_run(runs["sgld0"], tmp_path / "run")
+    path = run / "samples.safetensors"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(SampleFileError, match="truncated or corrupt"):
+        run_eval(f"run_dir={run}")
+
+
+def test_no_pickle_is_loaded(runs: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("evaluate must not unpickle anything")
+
+    assert (runs["map0"] / "checkpoints" / "best.ckpt").is_file()  # a pickle is right there
+    monkeypatch.setattr(torch, "load", refuse)
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    result = run_eval(f"run_dir={runs['map0']}", "plots=false", "k=1")
+    assert result["num_members"] == 1
+
+
+def test_clear_errors(runs: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        run_eval(f"run_dir={tmp_path / 'nope'}")
+    with pytest.raises(SampleFileError, match="not a run folder"):
+        run_eval(f"run_dir={tmp_path}")
+    with pytest.raises(SampleFileError, match="a sweep"):
+        run_eval(f"run_dir={runs['map0'].parent}")
+    with pytest.raises(ValueError, match="unknown task 'mnli'.*ag_news.*sst2"):
+        run_eval(f"run_dir={runs['map0']}", "ood=mnli")
+    with pytest.raises(ConfigError, match="k=0"):
+        run_eval(f"run_dir={runs['map0']}", "k=0")
+    with pytest.raises(ConfigError, match="run_dir"):
+        run_eval()
+
+
+# ----------------------------------------------------------------------------- entry points
+
+
+def test_wandb_offline_logs_metrics_and_plots(
+    runs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    result = run_eval(
+        f"run_dir={runs['map0']}", "wandb.enabled=true", "wandb.mode=offline", f"out_dir={tmp_path}"
+    )
+    assert result["wandb"]["mode"] == "offline" and result["wandb"]["group"] == "tiny-mrpc-map"
+    assert list((tmp_path / "wandb").glob("offline-run-*"))
+
+
+def test_command_line_entry_point(
+    runs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    """``python -m bayesian_lora.evaluate`` (the Hydra main, run in-process)."""
+    from bayesian_lora.evaluate import main
+
+    out = tmp_path / "out"
+    argv = ["evaluate", f"run_dir={runs['sgld1']}", "single=true", f"out_dir={out}"]
+    monkeypatch.setattr(sys, "argv", [*argv, f"hydra.run.dir={tmp_path / 'hydra'}"])
+    try:
+        main()
+    finally:
+        GlobalHydra.instance().clear()
+    stdout = capsys.readouterr().out
+    assert "ensemble@4 (chain)" in stdout and "per-sample metrics" in stdout
+    assert (out / "metrics.json").is_file()

@@ -1,0 +1,183 @@
+"""``python -m bayesian_lora.report`` on a real ``-m`` sweep: 2 samplers x 2 seeds, tiny model."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from bayesian_lora.config import CONFIG_DIR
+from bayesian_lora.evaluate import evaluate
+from bayesian_lora.report import (
+    SweepRun,
+    build_report,
+    find_run_folders,
+    group_runs,
+    load_run,
+    main,
+)
+
+SWEEP = [
+    "model=tiny",
+    "debug=smoke",
+    "logger=none",
+    "data=mrpc",
+    "sampler=map,sgld",
+    "seed=0,1",
+    "++sampler.warmup.steps=3",
+    "sampler.burn_in=2",
+    "sampler.thin=2",
+    "sampler.num_samples=4",
+    "trainer.max_epochs=2",
+]
+
+
+@pytest.fixture(scope="module")
+def sweep(synthetic_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``python -m bayesian_lora.train -m ...`` run in-process (Hydra's basic launcher)."""
+    from bayesian_lora.train import main as train_main
+
+    folder = tmp_path_factory.mktemp("multirun") / "sweep"
+    argv = ["train", "-m", *SWEEP, f"paths.data_dir={synthetic_data_dir}"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the tiny model is overhead-bound; threads only contend
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sys, "argv", [*argv, f"hydra.sweep.dir={folder}"])
+        try:
+            train_main()
+        finally:
+            GlobalHydra.instance().clear()
+            torch.set_num_threads(threads)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def report(sweep: Path) -> dict[str, Any]:
+    return build_report([sweep])
+
+
+def _row(report: dict[str, Any], method: str) -> dict[str, Any]:
+    return next(r for r in report["rows"] if r["method"] == method)
+
+
+def test_finds_every_run_of_the_sweep(sweep: Path) -> None:
+    runs = find_run_folders([sweep])
+    assert [p.name for p in runs] == [
+        "0_tiny_mrpc_map_s0",
+        "1_tiny_mrpc_map_s1",
+        "2_tiny_mrpc_sgld_s0",
+        "3_tiny_mrpc_sgld_s1",
+    ]
+    groups = group_runs([load_run(p) for p in runs])
+    assert [(g.label, [r.seed for r in g.runs]) for g in groups] == [
+        ("map", [0, 1]),
+        ("sgld", [0, 1]),
+    ]
+
+
+def test_table_has_mean_std_over_seeds_and_a_deep_ensemble_row(
+    report: dict[str, Any], sweep: Path
+) -> None:
+    assert [r["method"] for r in report["rows"]] == ["map", "deep_ensemble", "sgld"]
+    sgld = _row(report, "sgld")
+    accs = [
+        json.loads((sweep / name / "metrics.json").read_text())["ensemble"]["acc"]
+        for name in ("2_tiny_mrpc_sgld_s0", "3_tiny_mrpc_sgld_s1")
+    ]
+    assert sgld["n"] == 2 and sgld["acc_mean"] == pytest.approx(np.mean(accs))
+    assert sgld["acc_std"] == pytest.approx(np.std(accs, ddof=1))
+    text = (sweep / "report.md").read_text()
+    assert "ece (%)" in text and "±" in text and "| deep_ensemble | 2 |" in text
+    with (sweep / "report.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["method"] for r in rows] == ["map", "deep_ensemble", "sgld"]
+    assert float(rows[2]["ece_pct_mean"]) == pytest.approx(100 * sgld["ece_mean"])
+
+
+def test_deep_ensemble_row_matches_the_evaluate_code_path(
+    report: dict[str, Any], sweep: Path, tmp_path: Path
+) -> None:
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(
+            config_name="evaluate",
+            overrides=[f"run_dirs=[{sweep}/*_map_*]", "plots=false", f"out_dir={tmp_path}"],
+        )
+    result = evaluate(cfg)
+    assert result["kind"] == "deep_ensemble" and result["num_members"] == 2
+    row = _row(report, "deep_ensemble")
+    for key in ("acc", "nll", "ece", "brier"):
+        assert row[f"{key}_mean"] == pytest.approx(result["ensemble"][key], rel=1e-6)
+
+
+def test_sampler_chains_are_diagnosed_and_flagged(report: dict[str, Any], sweep: Path) -> None:
+    (diag,) = report["diagnostics"]
+    assert diag["method"] == "sgld" and diag["n_chains"] == 2
+    assert set(diag["summaries"]) >= {"test mean log-lik", "LoRA norm"}
+    assert not diag["all_mixed"] and diag["verdict"].startswith("WARNING: chains NOT mixed")
+    assert "low ESS" in diag["verdict"]
+    text = (sweep / "report.md").read_text()
+    assert "MCMC diagnostics" in text and "**NO**" in text
+    for png in ("comparison_tiny_mrpc.png", "tiny_mrpc_sgld_trace.png"):
+        assert (sweep / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_ood_auroc_column_when_a_run_was_evaluated(sweep: Path, tmp_path: Path) -> None:
+    run = sweep / "0_tiny_mrpc_map_s0"
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(
+            config_name="evaluate", overrides=[f"run_dir={run}", "ood=sst2", "plots=false"]
+        )
+    evaluate(cfg)
+    out = build_report([sweep], out_dir=tmp_path, plots=False)
+    row = out["rows"][0]
+    assert row["method"] == "map" and row["ood_auroc_entropy_n"] == 1
+    text = (tmp_path / "report.md").read_text()
+    assert "ood auroc entropy" in text and "(n=1)" in text and "sst2" in text
+
+
+def test_command_line_prints_the_table(sweep: Path, tmp_path: Path, capsys: Any) -> None:
+    assert main([str(sweep), "--out", str(tmp_path), "--no-plots"]) == 0
+    out = capsys.readouterr().out
+    assert "| model | task | method | n |" in out and "deep_ensemble" in out
+    assert (tmp_path / "report.md").is_file() and (tmp_path / "report.csv").is_file()
+
+
+def test_command_line_error_for_a_folder_without_runs(tmp_path: Path, capsys: Any) -> None:
+    assert main([str(tmp_path)]) == 2
+    assert "no run folders" in capsys.readouterr().err
+
+
+def test_groups_split_by_config_and_name_what_differs() -> None:
+    def run(lr: float, seed: int) -> SweepRun:
+        config = {
+            "seed": seed,
+            "model": {"name": "tiny"},
+            "data": {"task": "mrpc"},
+            "sampler": {"name": "sgld", "lr": lr},
+            "paths": {"output_dir": f"/runs/{lr}_{seed}"},
+        }
+        return SweepRun(Path(f"/runs/{lr}_{seed}"), config, {"acc": 0.5})
+
+    groups = group_runs([run(0.01, 1), run(0.001, 0), run(0.01, 0), run(0.001, 1)])
+    assert [(g.label, [r.seed for r in g.runs]) for g in groups] == [
+        ("sgld (sampler.lr=0.01)", [0, 1]),
+        ("sgld (sampler.lr=0.001)", [0, 1]),
+    ]
+
+
+def test_unfinished_runs_are_skipped_with_a_note(sweep: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep, copy, ignore=shutil.ignore_patterns("checkpoints", "*.png"))
+    (copy / "3_tiny_mrpc_sgld_s1" / "metrics.json").unlink()
+    out = build_report([copy], plots=False)
+    assert out["num_runs"] == 3 and [r["n"] for r in out["rows"]] == [2, 2, 1]
+    assert any("skipped 1 run folder" in n and "3_tiny_mrpc_sgld_s1" in n for n in out["notes"])
