@@ -164,11 +164,30 @@ def build_module(
         divergence_retries=int(cfg.get("divergence_retries", 3)),
     )
     if plan is not None and s.warmup.get("from_run"):
-        init_from_run(module, s.warmup.from_run)
+        init_from_run(module, resolve_from_run(s.warmup.from_run, int(cfg.seed)))
     return module, counts
 
 
-def init_from_run(module: BayesianLoRAModule, run_dir: str) -> None:
+def resolve_from_run(path: str | Path, seed: int) -> Path:
+    """A run folder, or a sweep folder: then its MAP run with this seed (chain s starts at MAP s)."""
+    folder = Path(path).expanduser().resolve()
+    if (folder / "manifest.json").is_file():
+        return folder
+    matches = []
+    for manifest_path in sorted(folder.glob("*/manifest.json")):
+        manifest = read_manifest(manifest_path.parent)
+        if manifest.get("seed") == seed and manifest.get("sampler", {}).get("name") == "map":
+            matches.append(manifest_path.parent)
+    if len(matches) != 1:
+        found = ", ".join(m.name for m in matches) or "none"
+        raise FileNotFoundError(
+            f"warmup.from_run={str(path)!r} is not a run folder, and as a sweep folder it holds "
+            f"{len(matches)} MAP runs with seed {seed} (need exactly one): {found}"
+        )
+    return matches[0]
+
+
+def init_from_run(module: BayesianLoRAModule, run_dir: Path) -> None:
     """Start the chain at the (last) sample of another run, typically a MAP run."""
     from bayesian_lora.callbacks.sample_store import load_samples
     from bayesian_lora.evaluation.ensemble import swap_in
@@ -177,7 +196,7 @@ def init_from_run(module: BayesianLoRAModule, run_dir: str) -> None:
     params = module.sampled_parameters()
     if set(samples) != set(params):
         raise ValueError(
-            f"warmup.from_run={run_dir!r} holds parameters for a different model/LoRA config "
+            f"warmup.from_run={str(run_dir)!r} holds parameters for a different model/LoRA config "
             f"(model {manifest.get('model', {}).get('name_or_path')!r})"
         )
     swap_in(params, samples, manifest["num_samples"] - 1)

@@ -142,7 +142,10 @@ CHAIN_RULES: list[Rule] = [
     ("sampler.num_samples", _int(1)),
     ("sampler.warmup.steps", _int(0)),
     ("sampler.warmup.lr", _note(POSITIVE, "AdamW learning rate of the warm start")),
-    ("sampler.warmup.from_run", _note(FOLDER, "a MAP run folder to start from")),
+    (
+        "sampler.warmup.from_run",
+        _note(FOLDER, "a MAP run folder, or a sweep folder holding the MAP run of this seed"),
+    ),
     ("sampler.max_steps", _optional(_int(1))),
 ]
 

@@ -458,6 +458,9 @@ def prepare(cfg: DictConfig) -> tuple[list[RunFolder], DictConfig, TaskSpec]:
     run_cfg = eval_run_config(cfg, runs[0])
     source = "the model=... override" if cfg.get("model") is not None else "its config.yaml"
     check_requested_model(run_cfg.model, runs[0], source)
+    if cfg.get("weights"):  # same model, other location: checked above under its recorded id
+        with open_dict(run_cfg):
+            run_cfg.model.name_or_path = str(cfg.weights)
     task = get_task(str(run_cfg.data.task))
     if cfg.get("ood") is not None and task.is_regression:
         raise ConfigError(

@@ -14,7 +14,7 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from bayesian_lora.callbacks.sample_store import read_manifest, write_samples
+from bayesian_lora.callbacks.sample_store import SAMPLES_FILE, read_manifest, write_samples
 from bayesian_lora.config import (
     CONFIG_DIR,
     build_chain_plan,
@@ -40,6 +40,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     cfg, ckpt_path = resolve_resume(cfg)
     validate_config(cfg)
     run_dir = Path(cfg.paths.output_dir)
+    if ckpt_path is None:
+        refuse_to_overwrite(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     print_config(cfg)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
@@ -55,7 +57,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     if plan is None:
-        _write_map_sample(trainer, module, run_dir, manifest)
+        if trainer.is_global_zero:  # under DDP, only rank zero writes samples
+            _write_map_sample(trainer, module, run_dir, manifest)
     elif collector is not None and collector.num_kept < plan.num_samples:
         log.warning(
             "the run stopped with %d of %d samples kept", collector.num_kept, plan.num_samples
@@ -69,6 +72,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         )
         logger.finalize("success")
     return metrics
+
+
+def refuse_to_overwrite(run_dir: Path) -> None:
+    """A rerun into a folder that already holds a chain would overwrite its samples."""
+    existing = [
+        p for p in (run_dir / SAMPLES_FILE, run_dir / "checkpoints" / "last.ckpt") if p.exists()
+    ]
+    if existing:
+        raise FileExistsError(
+            f"{run_dir} already holds a run ({', '.join(p.name for p in existing)}): continue it "
+            f"with resume={run_dir}, or choose another output folder"
+        )
 
 
 def _write_map_sample(trainer: L.Trainer, module: Any, run_dir: Path, manifest: dict) -> None:

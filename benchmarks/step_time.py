@@ -66,6 +66,7 @@ def time_block(step: Callable[[], None], n: int, device: torch.device) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--model", default="minilm", help="a conf/model/*.yaml name")
+    ap.add_argument("--name-or-path", default=None, help="override the model's weights folder/id")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--length", type=int, default=64)
     ap.add_argument("--steps", type=int, default=3, help="steps per timed block")
@@ -79,6 +80,8 @@ def main() -> None:
     settings = ModelSettings.from_config(
         OmegaConf.load(CONFIG_DIR / "model" / f"{args.model}.yaml")
     )
+    if args.name_or_path:
+        settings.name_or_path = args.name_or_path
     model = build_lora_model(settings, 2).to(device)
     model.train()
     params = list(sampled_parameters(model).values())

@@ -332,3 +332,12 @@ def test_command_line_entry_point(
     stdout = capsys.readouterr().out
     assert "ensemble@4 (chain)" in stdout and "per-sample metrics" in stdout
     assert (out / "metrics.json").is_file()
+
+
+def test_weights_override_loads_the_base_from_another_place(
+    runs: dict[str, Path], tmp_path: Path
+) -> None:
+    """``weights=`` moves where the base comes from, not what the samples are checked against."""
+    missing = tmp_path / "moved_weights"
+    with pytest.raises(OSError, match="moved_weights"):
+        run_eval(f"run_dir={runs['map0']}", f"weights={missing}", f"out_dir={tmp_path / 'e'}")

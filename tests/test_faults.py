@@ -137,3 +137,23 @@ def test_divergence_backoff_retries_from_the_last_good_state(
     assert manifest["status"] == "complete" and manifest["num_samples"] == 6
     assert all(torch.isfinite(t).all() for t in samples.values())
     assert seen["scale"] == 0.5
+
+
+def test_rerun_into_a_finished_run_folder_is_refused(
+    reference_chain: Path, synthetic_data_dir: Path
+) -> None:
+    before = (reference_chain / "samples.safetensors").read_bytes()
+    with pytest.raises(FileExistsError, match="resume="):
+        run(synthetic_data_dir, reference_chain)
+    assert (reference_chain / "samples.safetensors").read_bytes() == before
+
+
+def test_from_run_picks_the_map_run_of_this_seed_in_a_sweep(tmp_path: Path) -> None:
+    from bayesian_lora.callbacks.sample_store import write_manifest
+    from bayesian_lora.config import resolve_from_run
+
+    for job, (seed, sampler) in enumerate([(0, "map"), (1, "map"), (1, "sgld")]):
+        write_manifest(tmp_path / f"{job}_run", {"seed": seed, "sampler": {"name": sampler}})
+    assert resolve_from_run(tmp_path, 1) == (tmp_path / "1_run").resolve()
+    with pytest.raises(FileNotFoundError, match="0 MAP runs with seed 2"):
+        resolve_from_run(tmp_path, 2)

@@ -17,7 +17,7 @@ import datasets
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from bayesian_lora.data.tasks import TaskSpec, get_task
@@ -220,6 +220,32 @@ class ResumableRandomSampler(Sampler[int]):
         self.skip_next(state["position"])
 
 
+class RankShard(DistributedSampler):
+    """Rank ``rank`` of ``num_replicas`` takes positions ``rank, rank + R, ...`` of ``sampler``.
+
+    With ``B`` per rank, global batch ``i`` (all ranks together) is then exactly batch ``i`` of
+    a single process with batch ``B * R`` (Lightning's ``DistributedSamplerWrapper`` reshuffles
+    the order instead). The order is padded to a multiple of ``R`` with the epoch's first indices,
+    as ``DistributedSampler`` pads, so all ranks take the same number of steps. ``set_epoch`` is
+    passed on; ``skip_next`` on ``sampler`` counts global positions.
+    """
+
+    def __init__(self, sampler: ResumableRandomSampler, num_replicas: int, rank: int) -> None:
+        super().__init__(
+            range(sampler.num_samples), num_replicas=num_replicas, rank=rank, shuffle=False
+        )
+        self.sampler = sampler
+
+    def __iter__(self) -> Iterator[int]:
+        order = list(self.sampler)
+        order += self.sampler.permutation().tolist()[: -len(order) % self.num_replicas]
+        return iter(order[self.rank :: self.num_replicas])
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self.sampler.set_epoch(epoch)
+
+
 class TextClassificationDataModule(L.LightningDataModule):
     """Tokenised train / validation / test loaders for one task (see module docstring).
 
@@ -324,9 +350,16 @@ class TextClassificationDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled by ``train_sampler`` (resumable; reshuffled per epoch via ``set_epoch``)."""
+        """Shuffled by ``train_sampler`` (resumable; reshuffled per epoch via ``set_epoch``).
+
+        Under data parallelism each rank gets its :class:`RankShard` of that order.
+        """
         self._require_setup()
-        return self._loader("train", self.batch_size, sampler=self.train_sampler)
+        sampler: Sampler[int] | None = self.train_sampler
+        trainer = self.trainer
+        if trainer is not None and trainer.world_size > 1:
+            sampler = RankShard(self.train_sampler, trainer.world_size, trainer.global_rank)
+        return self._loader("train", self.batch_size, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
         self._require_setup()

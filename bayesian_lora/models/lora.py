@@ -133,7 +133,11 @@ def _build_base(settings: ModelSettings, num_labels: int) -> nn.Module:
             return BertForSequenceClassification(config)
     path = resolve_model_path(settings.name_or_path)
     config = AutoConfig.from_pretrained(path, num_labels=num_labels, problem_type=problem)
-    return AutoModelForSequenceClassification.from_pretrained(path, config=config)
+    # float32 weights whatever the checkpoint stores: bf16 runs autocast (trainer precision),
+    # and the sampled LoRA/head parameters must stay float32 so the noise is not rounded away.
+    return AutoModelForSequenceClassification.from_pretrained(
+        path, config=config, dtype=torch.float32
+    )
 
 
 def linear_module_names(model: nn.Module) -> list[str]:

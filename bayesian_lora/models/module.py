@@ -142,6 +142,12 @@ class BayesianLoRAModule(L.LightningModule):
             return [adamw]
         return [adamw, self.sampler_factory(params)]
 
+    def on_train_start(self) -> None:
+        if self.is_map:  # the loader length per rank is known only now (DDP shards it)
+            estimated = self.trainer.estimated_stepping_batches
+            if math.isfinite(estimated):
+                self.total_map_steps = int(estimated)
+
     def adamw_lr(self, step: int, total: int) -> float:
         """Linear warm-up over warmup_ratio of ``total`` steps, then linear decay to zero."""
         warm = max(1, int(self.adamw.warmup_ratio * total))
@@ -257,8 +263,11 @@ class BayesianLoRAModule(L.LightningModule):
             metrics = regression_metrics(preds, labels, obs_std=self.obs_std)
         else:
             metrics = classification_metrics(preds, labels, self.task.metric)
-        self.log_dict({f"val/{k}": float(v) for k, v in metrics.items() if k != "nll"})
-        self.log("val/nll", float(metrics["nll"]), prog_bar=True)
+        # Every rank validates on the whole validation set: the values agree, sync is a no-op.
+        self.log_dict(
+            {f"val/{k}": float(v) for k, v in metrics.items() if k != "nll"}, sync_dist=True
+        )
+        self.log("val/nll", float(metrics["nll"]), prog_bar=True, sync_dist=True)
 
     # ----------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -288,7 +297,8 @@ class BayesianLoRAModule(L.LightningModule):
         sampler = getattr(datamodule, "train_sampler", None)
         if sampler is None:
             return
-        batch_size = datamodule.batch_size
+        # A step uses batch_size indices per rank, taken together from one order (RankShard).
+        batch_size = datamodule.batch_size * self.trainer.world_size
         steps_per_epoch = math.ceil(sampler.num_samples / batch_size)
         epoch, position = divmod(self.chain_step, steps_per_epoch)
         sampler.set_epoch(epoch)
