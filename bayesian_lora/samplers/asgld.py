@@ -85,14 +85,8 @@ class ASGLD(LangevinSampler):
             params, grads = self._params_with_grad(group)
             if not params:
                 continue
-            exp_avg, exp_avg_sq = [], []
-            for p in params:
-                state = self.state[p]
-                if "exp_avg" not in state:
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                exp_avg.append(state["exp_avg"])
-                exp_avg_sq.append(state["exp_avg_sq"])
+            exp_avg = self._state_buffers(params, "exp_avg")
+            exp_avg_sq = self._state_buffers(params, "exp_avg_sq")
             beta1, beta2 = group["beta1"], group["beta2"]
             torch._foreach_lerp_(exp_avg, grads, 1.0 - beta1)
             torch._foreach_mul_(exp_avg_sq, beta2)

@@ -151,6 +151,16 @@ class LangevinSampler(torch.optim.Optimizer):
         with torch.enable_grad():
             return closure()
 
+    def _state_buffers(self, params: list[Tensor], name: str) -> list[Tensor]:
+        """Per-parameter state tensor ``name`` (momentum, moments), created as zeros on first use."""
+        buffers = []
+        for p in params:
+            state = self.state[p]
+            if name not in state:
+                state[name] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            buffers.append(state[name])
+        return buffers
+
     @staticmethod
     def _params_with_grad(group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor]]:
         params: list[Tensor] = []

@@ -62,12 +62,7 @@ class PSGLD(LangevinSampler):
             params, grads = self._params_with_grad(group)
             if not params:
                 continue
-            square_avg = []
-            for p in params:
-                state = self.state[p]
-                if "square_avg" not in state:
-                    state["square_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                square_avg.append(state["square_avg"])
+            square_avg = self._state_buffers(params, "square_avg")
             beta = group["beta"]
             torch._foreach_mul_(square_avg, beta)
             torch._foreach_addcmul_(square_avg, grads, grads, value=1.0 - beta)

@@ -56,12 +56,7 @@ class SGHMC(LangevinSampler):
             params, grads = self._params_with_grad(group)
             if not params:
                 continue
-            velocity = []
-            for p in params:
-                state = self.state[p]
-                if "velocity" not in state:
-                    state["velocity"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                velocity.append(state["velocity"])
+            velocity = self._state_buffers(params, "velocity")
             alpha = group["friction"]
             torch._foreach_mul_(velocity, 1.0 - alpha)
             torch._foreach_add_(velocity, grads, alpha=-group["lr"])
