@@ -101,6 +101,7 @@ class BayesianLoRAModule(L.LightningModule):
         self.chain_step = 0  # global step t, counting every optimizer step of the run
         self.lr_scale = 1.0  # < 1 after step-size back-offs on divergence
         self._last_good: list[Tensor] | None = None
+        self._sampled: dict[str, nn.Parameter] | None = None
         self._val_outputs: list[tuple[Tensor, Tensor]] = []
 
     # ----------------------------------------------------------------- the potential
@@ -109,7 +110,10 @@ class BayesianLoRAModule(L.LightningModule):
         return self.sampler_factory is None
 
     def sampled_parameters(self) -> dict[str, nn.Parameter]:
-        return sampled_parameters(self.model)
+        # The Parameter objects survive .to(device), so the name scan is done once.
+        if self._sampled is None:
+            self._sampled = sampled_parameters(self.model)
+        return self._sampled
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         inputs = {k: v for k, v in batch.items() if k != "labels"}
