@@ -12,6 +12,7 @@ from typing import Any
 
 import hydra
 import lightning as L
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from bayesian_lora.callbacks.sample_store import SAMPLES_FILE, read_manifest, write_samples
@@ -63,15 +64,22 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log.warning(
             "the run stopped with %d of %d samples kept", collector.num_kept, plan.num_samples
         )
-    if not cfg.evaluate_on_fit_end or not trainer.is_global_zero:
-        return {}
-    metrics = evaluate_module_on_test(module, datamodule, run_dir)
-    for logger in loggers:
-        logger.log_metrics(
-            {f"test/{k}": v for k, v in metrics["ensemble"].items()}, step=trainer.global_step
-        )
-        logger.finalize("success")
+    metrics: dict[str, Any] = {}
+    if cfg.evaluate_on_fit_end and trainer.is_global_zero:
+        metrics = evaluate_module_on_test(module, datamodule, run_dir)
+        test = {f"test/{k}": v for k, v in metrics["ensemble"].items()}
+        for logger in loggers:
+            logger.log_metrics(test, step=trainer.global_step)
+    close_loggers(loggers)
     return metrics
+
+
+def close_loggers(loggers: list[Any]) -> None:
+    """Flush every logger; W&B runs are finished so that the next job of a sweep gets its own."""
+    for logger in loggers:
+        logger.finalize("success")
+        if isinstance(logger, WandbLogger) and logger._experiment is not None:
+            logger.experiment.finish()
 
 
 def refuse_to_overwrite(run_dir: Path) -> None:

@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from bayesian_lora.callbacks.sample_store import load_samples
 from bayesian_lora.config import CONFIG_DIR
+from bayesian_lora.data.tasks import TASKS
 from bayesian_lora.train import train
 
 SAMPLER_CONFIGS = sorted(p.stem for p in (CONFIG_DIR / "sampler").glob("[!_]*.yaml"))
@@ -45,12 +46,13 @@ def test_sampler_group_lists_every_documented_sampler() -> None:
     )
 
 
+@pytest.mark.parametrize("task", sorted(TASKS))
 def test_map_run_writes_one_sample_and_test_metrics(
-    synthetic_data_dir: Path, tmp_path: Path
+    task: str, synthetic_data_dir: Path, tmp_path: Path
 ) -> None:
     cfg = compose_train(
         smoke_overrides(
-            synthetic_data_dir, tmp_path, "data=sst2", "trainer.max_epochs=3", "sampler.lr=5e-3"
+            synthetic_data_dir, tmp_path, f"data={task}", "trainer.max_epochs=2", "sampler.lr=5e-3"
         )
     )
     metrics = train(cfg)
@@ -58,7 +60,8 @@ def test_map_run_writes_one_sample_and_test_metrics(
     assert manifest["num_samples"] == 1 and manifest["sampler"]["name"] == "map"
     assert (tmp_path / "checkpoints" / "best.ckpt").is_file()
     assert (tmp_path / "config.yaml").is_file() and (tmp_path / "metrics.json").is_file()
-    assert set(metrics["ensemble"]) >= {"acc", "nll", "ece", "brier", "entropy"}
+    expected = {"nll", "rmse", "pearson"} if TASKS[task].is_regression else {"acc", "ece", "brier"}
+    assert set(metrics["ensemble"]) >= expected
     head = [n for n in samples if "classifier" in n]
     assert head, "the classification head must be among the sampled parameters"
 
@@ -113,3 +116,18 @@ def test_command_line_entry_point(synthetic_data_dir: Path, tmp_path: Path) -> N
     assert "trainable ratio" in proc.stdout
     assert (tmp_path / "samples.safetensors").is_file()
     assert (tmp_path / ".hydra" / "config.yaml").is_file()
+
+
+def test_wandb_logger_works_offline(
+    synthetic_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    overrides = smoke_overrides(synthetic_data_dir, tmp_path / "run", "data=sst2")
+    cfg = compose_train([o for o in overrides if o != "logger=csv"] + ["logger=wandb"])
+    train(cfg)
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, list((tmp_path / "run").iterdir())
+    history = b"".join(p.read_bytes() for p in runs[0].glob("*.wandb"))
+    assert b"test/acc" in history and b"params/lora" in history and b"prior_std" in history
