@@ -99,6 +99,9 @@ def build_chain_plan(cfg: DictConfig, steps_per_epoch: int | None = None) -> Cha
     s = cfg.sampler
     schedule_kwargs = {k: v for k, v in s.schedule.items() if k != "name"}
     warmup = 0 if s.warmup.get("from_run") else int(s.warmup.steps)
+    if s.warmup.get("epochs") is not None and not s.warmup.get("from_run"):
+        # Epochs become steps once the data is known; before that the check uses 0 epochs.
+        warmup = int(s.warmup.epochs) * int(steps_per_epoch or 0)
     plan = ChainPlan(
         warmup_steps=warmup,
         burn_in=int(s.burn_in),
@@ -223,8 +226,24 @@ def manifest_for(
     }
 
 
+def sweep_group(cfg: DictConfig) -> str:
+    """W&B group: the sweep folder's name under ``-m`` (a sweep reads as one dashboard)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return Path(HydraConfig.get().sweep.dir).name
+    return f"{cfg.model.name}-{cfg.data.task}-{cfg.sampler.name}"
+
+
 def build_loggers(cfg: DictConfig, counts: dict[str, Any]) -> list[Any]:
-    loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
+    loggers = []
+    for lg in (cfg.get("logger") or {}).values():
+        if lg is None:
+            continue
+        is_wandb = str(lg.get("_target_", "")).endswith("WandbLogger")
+        extra = {"group": sweep_group(cfg)} if is_wandb and lg.get("group") is None else {}
+        loggers.append(instantiate(lg, **extra))
     container = OmegaConf.to_container(cfg, resolve=True)
     for logger in loggers:
         logger.log_hyperparams({**container, **counts})

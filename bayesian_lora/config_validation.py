@@ -141,6 +141,7 @@ CHAIN_RULES: list[Rule] = [
     ("sampler.thin", _int(1)),
     ("sampler.num_samples", _int(1)),
     ("sampler.warmup.steps", _int(0)),
+    ("sampler.warmup.epochs", _optional(_int(0))),
     ("sampler.warmup.lr", _note(POSITIVE, "AdamW learning rate of the warm start")),
     (
         "sampler.warmup.from_run",

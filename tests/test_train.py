@@ -126,8 +126,21 @@ def test_wandb_logger_works_offline(
     monkeypatch.setenv("WANDB_SILENT", "true")
     overrides = smoke_overrides(synthetic_data_dir, tmp_path / "run", "data=sst2")
     cfg = compose_train([o for o in overrides if o != "logger=csv"] + ["logger=wandb"])
+    from bayesian_lora.config import sweep_group
+
+    assert sweep_group(cfg) == "tiny-sst2-map"  # outside a -m sweep: one group per config
     train(cfg)
     runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, list((tmp_path / "run").iterdir())
     history = b"".join(p.read_bytes() for p in runs[0].glob("*.wandb"))
     assert b"test/acc" in history and b"params/lora" in history and b"prior_std" in history
+
+
+def test_warm_start_in_epochs_becomes_steps(synthetic_data_dir: Path, tmp_path: Path) -> None:
+    from bayesian_lora.config import build_chain_plan
+
+    cfg = compose_train(
+        smoke_overrides(synthetic_data_dir, tmp_path, "sampler=sgld", "sampler.warmup.epochs=2")
+    )
+    assert build_chain_plan(cfg, steps_per_epoch=6).warmup_steps == 12
+    assert build_chain_plan(cfg, steps_per_epoch=None).warmup_steps == 0
