@@ -103,7 +103,7 @@ def _write_map_sample(trainer: L.Trainer, module: Any, run_dir: Path, manifest: 
     if best:
         ckpt = torch.load(best, map_location=module.device, weights_only=True)
         module.load_state_dict(ckpt["state_dict"], strict=False)
-        step = int(ckpt.get("chain_step", step))
+        step = int(ckpt.get("chain", {}).get("chain_step", step))
         log.info("MAP: restored the best checkpoint %s (step %d)", best, step)
     params = module.sampled_parameters()
     samples = {name: p.detach()[None] for name, p in params.items()}

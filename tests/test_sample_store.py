@@ -54,3 +54,13 @@ def test_truncated_file_and_missing_folder_have_clear_errors(tmp_path: Path) -> 
         load_samples(tmp_path)
     with pytest.raises(SampleFileError, match="not a run folder"):
         load_samples(tmp_path / "nowhere")
+
+
+def test_files_get_the_usual_permissions(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        write_samples(tmp_path, samples(), {})
+    finally:
+        os.umask(old)
+    for name in ("samples.safetensors", "manifest.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644

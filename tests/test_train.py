@@ -58,6 +58,8 @@ def test_map_run_writes_one_sample_and_test_metrics(
     metrics = train(cfg)
     samples, manifest = load_samples(tmp_path)
     assert manifest["num_samples"] == 1 and manifest["sampler"]["name"] == "map"
+    best = torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=True)
+    assert manifest["steps"] == [best["chain"]["chain_step"]]  # the best step, not the last
     assert (tmp_path / "checkpoints" / "best.ckpt").is_file()
     assert (tmp_path / "config.yaml").is_file() and (tmp_path / "metrics.json").is_file()
     expected = {"nll", "rmse", "pearson"} if TASKS[task].is_regression else {"acc", "ece", "brier"}
