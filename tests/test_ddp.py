@@ -110,7 +110,7 @@ PROBE = textwrap.dedent(
 )
 
 
-def run_ddp(args: list[str], cwd: Path, out: Path, timeout: float = 150) -> str:
+def run_ddp(args: list[str], cwd: Path, out: Path, timeout: float = 600) -> str:
     """Start rank 0 (which starts rank 1); kill the whole process group on a hang."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "DDP_PROBE_OUT": str(out)}
     proc = subprocess.Popen(

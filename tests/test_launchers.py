@@ -53,7 +53,7 @@ def test_joblib_sweep_runs_two_chains_at_once(synthetic_data_dir: Path, tmp_path
         "seed=0,1",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "Joblib.Parallel" in proc.stderr + proc.stdout  # the joblib launcher ran the sweep
     assert (sweep / "multirun.yaml").is_file()

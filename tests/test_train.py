@@ -113,7 +113,7 @@ def test_command_line_entry_point(synthetic_data_dir: Path, tmp_path: Path) -> N
         f"hydra.run.dir={tmp_path}",
         "seed=0",
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "trainable ratio" in proc.stdout
     assert (tmp_path / "samples.safetensors").is_file()
