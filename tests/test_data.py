@@ -437,3 +437,13 @@ def test_real_mrpc(cache_dir: str, bert_tokenizer: BertTokenizer) -> None:
     assert len(dm.datasets["test"]) == 408  # GLUE reports on its labelled validation split
     batch = next(iter(dm.test_dataloader()))
     assert sep_counts(batch, bert_tokenizer.sep_token_id) == {2}
+
+
+def test_synthetic_command_line_writes_every_task(tmp_path: Path) -> None:
+    from bayesian_lora.data.synthetic import main
+
+    main([str(tmp_path)])
+    assert (tmp_path / "nyu-mll" / "glue" / "mrpc").is_dir()
+    assert (tmp_path / "stanfordnlp" / "imdb").is_dir() and (
+        tmp_path / "fancyzhx" / "ag_news"
+    ).is_dir()

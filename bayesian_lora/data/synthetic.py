@@ -188,3 +188,19 @@ def write_all_synthetic(root: Path, **kwargs: int) -> Path:
     for name in TASKS:
         write_synthetic_task(root, name, **kwargs)
     return Path(root)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m bayesian_lora.data.synthetic <folder>``: write all eight tasks there."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("folder", type=Path, help="becomes a paths.data_dir for debug runs")
+    parser.add_argument("--n-train", type=int, default=48)
+    args = parser.parse_args(argv)
+    root = write_all_synthetic(args.folder, n_train=args.n_train)
+    print(f"synthetic data for all tasks in {root}: use paths.data_dir={root}")
+
+
+if __name__ == "__main__":
+    main()
