@@ -9,7 +9,6 @@ import torch
 from torch import Tensor
 
 from bayesian_lora.samplers.base import (
-    Closure,
     LangevinSampler,
     non_negative,
     positive,
@@ -77,28 +76,22 @@ class ASGLD(LangevinSampler):
             eps=eps,
         )
 
-    @torch.no_grad()
-    def step(self, closure: Closure | None = None) -> Any:  # type: ignore[override]
-        closure = self._check_closure(closure)
-        loss = self._evaluate(closure)
-        for group in self.param_groups:
-            params, grads = self._params_with_grad(group)
-            if not params:
-                continue
-            exp_avg = self._state_buffers(params, "exp_avg")
-            exp_avg_sq = self._state_buffers(params, "exp_avg_sq")
-            beta1, beta2 = group["beta1"], group["beta2"]
-            torch._foreach_lerp_(exp_avg, grads, 1.0 - beta1)
-            torch._foreach_mul_(exp_avg_sq, beta2)
-            torch._foreach_addcmul_(exp_avg_sq, grads, grads, value=1.0 - beta2)
-            denom = torch._foreach_sqrt(exp_avg_sq)
-            torch._foreach_add_(denom, group["eps"])
-            # theta - eta g, then - eta a m / denom (in place: no temporary drift list). With
-            # a = 0 the second update adds +-0 (m / denom is finite as denom >= eps), so the
-            # trajectory is SGLD's bitwise.
-            torch._foreach_add_(params, grads, alpha=-group["lr"])
-            torch._foreach_addcdiv_(params, exp_avg, denom, value=-group["lr"] * group["drift"])
-            if self.noise_enabled:
-                noise = self._standard_normal_like(params)
-                torch._foreach_add_(params, noise, alpha=self._noise_std(group))
-        return loss
+    def _update_group(
+        self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]
+    ) -> None:
+        exp_avg = self._state_buffers(params, "exp_avg")
+        exp_avg_sq = self._state_buffers(params, "exp_avg_sq")
+        beta1, beta2 = group["beta1"], group["beta2"]
+        torch._foreach_lerp_(exp_avg, grads, 1.0 - beta1)
+        torch._foreach_mul_(exp_avg_sq, beta2)
+        torch._foreach_addcmul_(exp_avg_sq, grads, grads, value=1.0 - beta2)
+        denom = torch._foreach_sqrt(exp_avg_sq)
+        torch._foreach_add_(denom, group["eps"])
+        # theta - eta g, then - eta a m / denom (in place: no temporary drift list). With
+        # a = 0 the second update adds +-0 (m / denom is finite as denom >= eps), so the
+        # trajectory is SGLD's bitwise.
+        torch._foreach_add_(params, grads, alpha=-group["lr"])
+        torch._foreach_addcdiv_(params, exp_avg, denom, value=-group["lr"] * group["drift"])
+        if self.noise_enabled:
+            noise = self._standard_normal_like(params)
+            torch._foreach_add_(params, noise, alpha=self._noise_std(group))

@@ -151,6 +151,23 @@ class LangevinSampler(torch.optim.Optimizer):
         with torch.enable_grad():
             return closure()
 
+    @torch.no_grad()
+    def step(self, closure: Closure | None = None) -> Any:  # type: ignore[override]
+        """Evaluate the closure once (u and grad u), then update every group; returns u."""
+        closure = self._check_closure(closure)
+        loss = self._evaluate(closure)
+        for group in self.param_groups:
+            params, grads = self._params_with_grad(group)
+            if params:
+                self._update_group(group, params, grads)
+        return loss
+
+    def _update_group(
+        self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]
+    ) -> None:
+        """One algorithm's update of ``params`` given ``grads = grad u`` (subclasses)."""
+        raise NotImplementedError
+
     def _state_buffers(self, params: list[Tensor], name: str) -> list[Tensor]:
         """Per-parameter state tensor ``name`` (momentum, moments), created as zeros on first use."""
         buffers = []

@@ -9,7 +9,6 @@ import torch
 from torch import Tensor
 
 from bayesian_lora.samplers.base import (
-    Closure,
     LangevinSampler,
     positive,
     unit_interval_open_right,
@@ -54,24 +53,18 @@ class PSGLD(LangevinSampler):
     ) -> None:
         super().__init__(params, lr, num_data, temperature, seed, beta=beta, eps=eps)
 
-    @torch.no_grad()
-    def step(self, closure: Closure | None = None) -> Any:  # type: ignore[override]
-        closure = self._check_closure(closure)
-        loss = self._evaluate(closure)
-        for group in self.param_groups:
-            params, grads = self._params_with_grad(group)
-            if not params:
-                continue
-            square_avg = self._state_buffers(params, "square_avg")
-            beta = group["beta"]
-            torch._foreach_mul_(square_avg, beta)
-            torch._foreach_addcmul_(square_avg, grads, grads, value=1.0 - beta)
-            # denom = lambda + sqrt(V) = 1 / G
-            denom = torch._foreach_sqrt(square_avg)
-            torch._foreach_add_(denom, group["eps"])
-            torch._foreach_addcdiv_(params, grads, denom, value=-group["lr"])
-            if self.noise_enabled:
-                noise = self._standard_normal_like(params)
-                torch._foreach_sqrt_(denom)  # now 1 / sqrt(G)
-                torch._foreach_addcdiv_(params, noise, denom, value=self._noise_std(group))
-        return loss
+    def _update_group(
+        self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]
+    ) -> None:
+        square_avg = self._state_buffers(params, "square_avg")
+        beta = group["beta"]
+        torch._foreach_mul_(square_avg, beta)
+        torch._foreach_addcmul_(square_avg, grads, grads, value=1.0 - beta)
+        # denom = lambda + sqrt(V) = 1 / G
+        denom = torch._foreach_sqrt(square_avg)
+        torch._foreach_add_(denom, group["eps"])
+        torch._foreach_addcdiv_(params, grads, denom, value=-group["lr"])
+        if self.noise_enabled:
+            noise = self._standard_normal_like(params)
+            torch._foreach_sqrt_(denom)  # now 1 / sqrt(G)
+            torch._foreach_addcdiv_(params, noise, denom, value=self._noise_std(group))

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bayesian_lora.samplers.base import Closure, LangevinSampler, unit_interval_open_left
+from bayesian_lora.samplers.base import LangevinSampler, unit_interval_open_left
 
 
 class SGHMC(LangevinSampler):
@@ -48,20 +48,14 @@ class SGHMC(LangevinSampler):
     ) -> None:
         super().__init__(params, lr, num_data, temperature, seed, friction=friction)
 
-    @torch.no_grad()
-    def step(self, closure: Closure | None = None) -> Any:  # type: ignore[override]
-        closure = self._check_closure(closure)
-        loss = self._evaluate(closure)
-        for group in self.param_groups:
-            params, grads = self._params_with_grad(group)
-            if not params:
-                continue
-            velocity = self._state_buffers(params, "velocity")
-            alpha = group["friction"]
-            torch._foreach_mul_(velocity, 1.0 - alpha)
-            torch._foreach_add_(velocity, grads, alpha=-group["lr"])
-            if self.noise_enabled:
-                noise = self._standard_normal_like(params)
-                torch._foreach_add_(velocity, noise, alpha=self._noise_std(group, scale=alpha))
-            torch._foreach_add_(params, velocity)
-        return loss
+    def _update_group(
+        self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]
+    ) -> None:
+        velocity = self._state_buffers(params, "velocity")
+        alpha = group["friction"]
+        torch._foreach_mul_(velocity, 1.0 - alpha)
+        torch._foreach_add_(velocity, grads, alpha=-group["lr"])
+        if self.noise_enabled:
+            noise = self._standard_normal_like(params)
+            torch._foreach_add_(velocity, noise, alpha=self._noise_std(group, scale=alpha))
+        torch._foreach_add_(params, velocity)

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bayesian_lora.samplers.base import Closure, LangevinSampler
+from bayesian_lora.samplers.base import LangevinSampler
 
 
 class SGLD(LangevinSampler):
@@ -31,16 +31,10 @@ class SGLD(LangevinSampler):
     ) -> None:
         super().__init__(params, lr, num_data, temperature, seed)
 
-    @torch.no_grad()
-    def step(self, closure: Closure | None = None) -> Any:  # type: ignore[override]
-        closure = self._check_closure(closure)
-        loss = self._evaluate(closure)
-        for group in self.param_groups:
-            params, grads = self._params_with_grad(group)
-            if not params:
-                continue
-            torch._foreach_add_(params, grads, alpha=-group["lr"])
-            if self.noise_enabled:
-                noise = self._standard_normal_like(params)
-                torch._foreach_add_(params, noise, alpha=self._noise_std(group))
-        return loss
+    def _update_group(
+        self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]
+    ) -> None:
+        torch._foreach_add_(params, grads, alpha=-group["lr"])
+        if self.noise_enabled:
+            noise = self._standard_normal_like(params)
+            torch._foreach_add_(params, noise, alpha=self._noise_std(group))
