@@ -20,7 +20,6 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from bayesian_lora.callbacks.chain_checkpoint import LAST_CHECKPOINT
 from bayesian_lora.callbacks.sample_collector import SampleCollector
 from bayesian_lora.callbacks.sample_store import library_versions, read_manifest
-from bayesian_lora.config_validation import validate_config
 from bayesian_lora.data.datamodule import TextClassificationDataModule
 from bayesian_lora.data.tasks import get_task
 from bayesian_lora.models.lora import (
@@ -39,8 +38,6 @@ log = logging.getLogger("bayesian_lora")
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
 CHECKPOINT_DIR = "checkpoints"
-
-__all__ = ["validate_config"]
 
 
 def print_config(cfg: DictConfig) -> None:
@@ -125,8 +122,7 @@ def build_module(
     settings = ModelSettings.from_config(cfg.model)
     model = build_lora_model(settings, task.num_labels)
     counts = parameter_counts(model)
-    log.info(format_parameter_counts(counts))
-    print(format_parameter_counts(counts))
+    log.info(format_parameter_counts(counts))  # Hydra's console handler prints it too
     s = cfg.sampler
     factory = None
     if plan is not None:

@@ -15,7 +15,7 @@ import lightning as L
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from bayesian_lora.callbacks.sample_store import SAMPLES_FILE, read_manifest, write_samples
+from bayesian_lora.callbacks.sample_store import SAMPLES_FILE, write_samples
 from bayesian_lora.config import (
     CONFIG_DIR,
     build_chain_plan,
@@ -26,8 +26,8 @@ from bayesian_lora.config import (
     manifest_for,
     print_config,
     resolve_resume,
-    validate_config,
 )
+from bayesian_lora.config_validation import validate_config
 from bayesian_lora.evaluation.runner import evaluate_module_on_test
 
 log = logging.getLogger("bayesian_lora.train")
@@ -108,7 +108,7 @@ def _write_map_sample(trainer: L.Trainer, module: Any, run_dir: Path, manifest: 
     params = module.sampled_parameters()
     samples = {name: p.detach()[None] for name, p in params.items()}
     write_samples(run_dir, samples, {**manifest, "steps": [step], "status": "complete"})
-    log.info("MAP sample written to %s (%s)", run_dir, read_manifest(run_dir)["num_samples"])
+    log.info("MAP sample (step %d) written to %s", step, run_dir)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
