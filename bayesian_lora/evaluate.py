@@ -1,7 +1,7 @@
 """Evaluate run folders as one ensemble: ``python -m bayesian_lora.evaluate run_dir=<run folder>``.
 
 run folder(s) -> checks (manifests agree with each other and with the model asked for) -> base
-model + LoRA and tokenised test set built ONCE -> each kept sample swapped in place -> member
+model + LoRA and tokenised test (or validation) set built ONCE -> each kept sample swapped in place -> member
 predictions ``[M, N, C]`` -> metrics, predictions, plots (and OOD scores, chain diagnostics,
 W&B) in the output folder.
 
@@ -16,7 +16,7 @@ Choices:
 * member order: round-robin over run folders (so ``vs_ensemble_size`` row 2 of a deep ensemble
   is two seeds, not two draws of one chain); with ``mc_dropout=K`` each sample's K passes are
   consecutive members.
-* output folder: ``<run_dir>/evaluation[_k<k>][_mcdropout<K>]`` for one run; for several,
+* output folder: ``<run_dir>/evaluation[_k<k>][_mcdropout<K>][_validation]`` for one run; for several,
   ``<parent of the first>/evaluation_<kind>_<n>runs_<hash of the folders>[...]`` with ``kind``
   ``deep_ensemble`` (all MAP), ``pooled_chains`` (all samplers) or ``pooled``; or ``out_dir``.
 """
@@ -57,6 +57,7 @@ from bayesian_lora.models.module import BayesianLoRAModule
 log = logging.getLogger("bayesian_lora.evaluate")
 
 PER_SAMPLE_KEYS = ("acc", "nll", "ece", "brier", "f1", "mcc", "rmse", "pearson", "spearman")
+SPLITS = ("test", "validation")  # validation = the part of train held out for model selection
 
 
 class ManifestMismatchError(SampleFileError):
@@ -200,6 +201,9 @@ def check_options(cfg: DictConfig) -> None:
         raise ConfigError(f"k={k!r} is not allowed: an integer >= 1, or null for all samples")
     if not (isinstance(K, int) and K >= 0):
         raise ConfigError(f"mc_dropout={K!r} is not allowed: an integer >= 0 (0 = off)")
+    split = cfg.get("split", "test")
+    if split not in SPLITS:
+        raise ConfigError(f"split={split!r} is not allowed: one of {', '.join(SPLITS)}")
     if cfg.get("ood") is not None:
         get_task(str(cfg.ood))  # unknown names raise, listing the choices
 
@@ -283,11 +287,13 @@ def build_eval_module(run_cfg: DictConfig, run: RunFolder, device: torch.device)
 
 
 def build_test_batches(
-    run_cfg: DictConfig, device: torch.device
+    run_cfg: DictConfig, device: torch.device, split: str = "test"
 ) -> tuple[TextClassificationDataModule, list[dict[str, Tensor]]]:
+    """Tokenised batches of the test split, or of the validation split carved from train."""
     datamodule = build_datamodule(run_cfg)
-    datamodule.setup("test")
-    return datamodule, cache_batches(datamodule.test_dataloader(), device)
+    datamodule.setup()
+    loader = datamodule.test_dataloader() if split == "test" else datamodule.val_dataloader()
+    return datamodule, cache_batches(loader, device)
 
 
 def ood_batches(
@@ -324,10 +330,14 @@ def ensemble_kind(runs: Sequence[RunFolder], mc_dropout: int) -> str:
     return f"{kind}+mc_dropout{mc_dropout}" if mc_dropout else kind
 
 
-def default_out_dir(runs: Sequence[RunFolder], k: int | None, mc_dropout: int) -> Path:
+def default_out_dir(
+    runs: Sequence[RunFolder], k: int | None, mc_dropout: int, split: str = "test"
+) -> Path:
     total = sum(r.num_samples for r in runs)
-    suffix = (f"_k{k}" if k is not None and k < total else "") + (
-        f"_mcdropout{mc_dropout}" if mc_dropout else ""
+    suffix = (
+        (f"_k{k}" if k is not None and k < total else "")
+        + (f"_mcdropout{mc_dropout}" if mc_dropout else "")
+        + ("" if split == "test" else f"_{split}")
     )
     if len(runs) == 1:
         return runs[0].path / f"evaluation{suffix}"
@@ -424,13 +434,15 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.run_dir`` / ``cfg.run_dirs`` as one ensemble; returns the metrics dict."""
     runs, run_cfg, task = prepare(cfg)
     k, K = cfg.get("k"), int(cfg.get("mc_dropout") or 0)
-    out_dir = Path(cfg.out_dir) if cfg.get("out_dir") else default_out_dir(runs, k, K)
+    split = str(cfg.get("split", "test"))
+    out_dir = Path(cfg.out_dir) if cfg.get("out_dir") else default_out_dir(runs, k, K, split)
     members = select_members(runs, k)
     samples = gather_samples(runs, members)
     m = predict(cfg, run_cfg, runs[0], samples, members)
     obs_std = float(run_cfg.data.obs_std)
     result = R.evaluate_predictions(m.preds, m.labels, task, obs_std)
     result.update(describe(runs, members, m, k, K, task))
+    result["split"] = split
     result["parameters"] = R.lora_parameter_stats(samples)
     if m.ood_preds is not None:
         result["ood"] = R.ood_metrics(m.preds, m.ood_preds, str(cfg.ood))
@@ -479,7 +491,7 @@ def predict(
     """Model and (OOD) test batches built once, then every member predicted."""
     device = resolve_device(str(cfg.get("device", "auto")))
     module = build_eval_module(run_cfg, run, device)
-    dm, batches = build_test_batches(run_cfg, device)
+    dm, batches = build_test_batches(run_cfg, device, str(cfg.get("split", "test")))
     extra = ood_batches(cfg, run_cfg, dm, device) if cfg.get("ood") is not None else None
     torch.manual_seed(int(cfg.get("seed", 0)))
     return predict_members(module, samples, members, batches, extra, int(cfg.mc_dropout or 0))
@@ -565,7 +577,12 @@ def write_outputs(
 def format_result(result: Mapping[str, Any], show_single: bool = False) -> str:
     """The console summary: ensemble metrics, selective, OOD, parameters, diagnostics."""
     n = result["num_members"]
-    parts = [R.format_metrics(result["ensemble"], f"ensemble@{n} ({result['kind']}) test metrics")]
+    parts = [
+        R.format_metrics(
+            result["ensemble"],
+            f"ensemble@{n} ({result['kind']}) {result.get('split', 'test')} metrics",
+        )
+    ]
     if show_single:
         parts.append(R.format_per_sample(result["per_sample"], PER_SAMPLE_KEYS))
     for key in ("selective", "parameters"):

@@ -174,6 +174,18 @@ def test_k_limits_the_ensemble(runs: dict[str, Path]) -> None:
     assert Path(result["out_dir"]) == runs["sgld0"] / "evaluation_k2"
 
 
+def test_validation_split_is_evaluated_into_its_own_folder(runs: dict[str, Path]) -> None:
+    result = run_eval(f"run_dir={runs['map0']}", "split=validation", "plots=false")
+    assert result["split"] == "validation"
+    assert Path(result["out_dir"]) == runs["map0"] / "evaluation_validation"
+    run_cfg = load_run_config(runs["map0"])
+    dm, batches = build_test_batches(run_cfg, torch.device("cpu"), "validation")
+    val_labels = torch.cat([b["labels"] for b in batches]).numpy()
+    saved = load_predictions(Path(result["out_dir"]) / "predictions.safetensors")
+    np.testing.assert_array_equal(saved["labels"], val_labels)
+    assert result["num_test"] == len(val_labels) == len(dm.split_indices["validation"])
+
+
 def test_deep_ensemble_of_two_map_runs(runs: dict[str, Path]) -> None:
     result = run_eval(f"run_dirs=[{runs['map0']},{runs['map1']}]")
     assert result["kind"] == "deep_ensemble" and result["num_members"] == 2
@@ -297,6 +309,8 @@ def test_clear_errors(runs: dict[str, Path], tmp_path: Path) -> None:
         run_eval(f"run_dir={runs['map0']}", "ood=mnli")
     with pytest.raises(ConfigError, match="k=0"):
         run_eval(f"run_dir={runs['map0']}", "k=0")
+    with pytest.raises(ConfigError, match="split='train'.*test, validation"):
+        run_eval(f"run_dir={runs['map0']}", "split=train")
     with pytest.raises(ConfigError, match="run_dir"):
         run_eval()
 
