@@ -372,3 +372,17 @@ def test_boundary_values_pass(overrides: str) -> None:
 def test_existing_folders_pass(tmp_path: Path) -> None:
     validate_config(compose_train([f"resume={tmp_path}"]))
     validate_config(compose_train(["sampler=sgld", f"sampler.warmup.from_run={tmp_path}"]))
+
+
+def test_cpu_sgld_experiment_has_the_map_experiments_budget_and_seed() -> None:
+    """README's SGLD-versus-MAP pairing: equal step budgets (MRPC: 3,301 train pairs, batch 32)."""
+    from bayesian_lora.config import build_chain_plan
+
+    steps_per_epoch = -(-3301 // 32)
+    map_cfg = compose_train(["experiment=mrpc_minilm_map_cpu"])
+    sgld_cfg = compose_train(["experiment=mrpc_minilm_sgld_cpu"])
+    plan = build_chain_plan(sgld_cfg, steps_per_epoch)
+    assert plan is not None and plan.num_samples >= 10 and plan.burn_in > 0
+    assert plan.total_steps() == int(map_cfg.trainer.max_epochs) * steps_per_epoch
+    assert plan.warmup_steps == 3 * steps_per_epoch  # the warm start is a 3-epoch MAP schedule
+    assert sgld_cfg.seed == map_cfg.seed and sgld_cfg.data == map_cfg.data
