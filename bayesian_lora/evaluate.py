@@ -1,9 +1,9 @@
 """Evaluate run folders as one ensemble: ``python -m bayesian_lora.evaluate run_dir=<run folder>``.
 
 run folder(s) -> checks (manifests agree with each other and with the model asked for) -> base
-model + LoRA and tokenised test (or validation) set built ONCE -> each kept sample swapped in place -> member
-predictions ``[M, N, C]`` -> metrics, predictions, plots (and OOD scores, chain diagnostics,
-W&B) in the output folder.
+model + LoRA and tokenised test (or validation) set built ONCE -> each kept sample swapped in
+place -> member predictions ``[M, N, C]`` -> metrics, predictions, plots (and OOD scores, chain
+diagnostics, W&B) in the output folder.
 
 Only ``samples.safetensors``, ``manifest.json`` and ``config.yaml`` are read from run folders:
 never a pickle (Lightning ``.ckpt`` files are pickles and are not touched).
@@ -16,9 +16,9 @@ Choices:
 * member order: round-robin over run folders (so ``vs_ensemble_size`` row 2 of a deep ensemble
   is two seeds, not two draws of one chain); with ``mc_dropout=K`` each sample's K passes are
   consecutive members.
-* output folder: ``<run_dir>/evaluation[_k<k>][_mcdropout<K>][_validation]`` for one run; for several,
-  ``<parent of the first>/evaluation_<kind>_<n>runs_<hash of the folders>[...]`` with ``kind``
-  ``deep_ensemble`` (all MAP), ``pooled_chains`` (all samplers) or ``pooled``; or ``out_dir``.
+* output folder: ``<run_dir>/evaluation[_k<k>][_mcdropout<K>][_validation]`` for one run; for
+  several, ``<parent of the first>/evaluation_<kind>_<n>runs_<hash of the folders>[...]`` with
+  ``kind`` ``deep_ensemble`` (all MAP), ``pooled_chains`` (all samplers) or ``pooled``; or ``out_dir``.
 """
 
 from __future__ import annotations
@@ -201,11 +201,16 @@ def check_options(cfg: DictConfig) -> None:
         raise ConfigError(f"k={k!r} is not allowed: an integer >= 1, or null for all samples")
     if not (isinstance(K, int) and K >= 0):
         raise ConfigError(f"mc_dropout={K!r} is not allowed: an integer >= 0 (0 = off)")
-    split = cfg.get("split", "test")
+    split = eval_split(cfg)
     if split not in SPLITS:
         raise ConfigError(f"split={split!r} is not allowed: one of {', '.join(SPLITS)}")
     if cfg.get("ood") is not None:
         get_task(str(cfg.ood))  # unknown names raise, listing the choices
+
+
+def eval_split(cfg: DictConfig) -> str:
+    """The split to score: ``test`` unless ``split=validation`` (evaluate.yaml's ``split``)."""
+    return str(cfg.get("split", "test"))
 
 
 # ----------------------------------------------------------------------------- members
@@ -286,7 +291,7 @@ def build_eval_module(run_cfg: DictConfig, run: RunFolder, device: torch.device)
     return module.to(device).eval()
 
 
-def build_test_batches(
+def build_eval_batches(
     run_cfg: DictConfig, device: torch.device, split: str = "test"
 ) -> tuple[TextClassificationDataModule, list[dict[str, Tensor]]]:
     """Tokenised batches of the test split, or of the validation split carved from train."""
@@ -434,15 +439,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.run_dir`` / ``cfg.run_dirs`` as one ensemble; returns the metrics dict."""
     runs, run_cfg, task = prepare(cfg)
     k, K = cfg.get("k"), int(cfg.get("mc_dropout") or 0)
-    split = str(cfg.get("split", "test"))
+    split = eval_split(cfg)
     out_dir = Path(cfg.out_dir) if cfg.get("out_dir") else default_out_dir(runs, k, K, split)
     members = select_members(runs, k)
     samples = gather_samples(runs, members)
     m = predict(cfg, run_cfg, runs[0], samples, members)
     obs_std = float(run_cfg.data.obs_std)
     result = R.evaluate_predictions(m.preds, m.labels, task, obs_std)
-    result.update(describe(runs, members, m, k, K, task))
-    result["split"] = split
+    result.update(describe(runs, members, m, k, K, task, split))
     result["parameters"] = R.lora_parameter_stats(samples)
     if m.ood_preds is not None:
         result["ood"] = R.ood_metrics(m.preds, m.ood_preds, str(cfg.ood))
@@ -491,7 +495,7 @@ def predict(
     """Model and (OOD) test batches built once, then every member predicted."""
     device = resolve_device(str(cfg.get("device", "auto")))
     module = build_eval_module(run_cfg, run, device)
-    dm, batches = build_test_batches(run_cfg, device, str(cfg.get("split", "test")))
+    dm, batches = build_eval_batches(run_cfg, device, eval_split(cfg))
     extra = ood_batches(cfg, run_cfg, dm, device) if cfg.get("ood") is not None else None
     torch.manual_seed(int(cfg.get("seed", 0)))
     return predict_members(module, samples, members, batches, extra, int(cfg.mc_dropout or 0))
@@ -514,11 +518,13 @@ def describe(
     k: int | None,
     mc_dropout: int,
     task: TaskSpec,
+    split: str,
 ) -> dict[str, Any]:
-    """What was evaluated: runs, chosen samples, sizes and timing."""
+    """What was evaluated: runs, chosen samples, split, sizes and timing."""
     return {
         "kind": ensemble_kind(runs, mc_dropout),
         "task": task.name,
+        "split": split,
         "model": runs[0].manifest["model"].get("name_or_path"),
         "k": k,
         "mc_dropout": mc_dropout,
@@ -580,7 +586,7 @@ def format_result(result: Mapping[str, Any], show_single: bool = False) -> str:
     parts = [
         R.format_metrics(
             result["ensemble"],
-            f"ensemble@{n} ({result['kind']}) {result.get('split', 'test')} metrics",
+            f"ensemble@{n} ({result['kind']}) {result['split']} metrics",
         )
     ]
     if show_single:

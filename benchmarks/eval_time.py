@@ -27,7 +27,7 @@ from omegaconf import DictConfig
 
 from bayesian_lora.config import CONFIG_DIR
 from bayesian_lora.data.tasks import get_task
-from bayesian_lora.evaluate import build_test_batches, predict_members, resolve_device
+from bayesian_lora.evaluate import build_eval_batches, predict_members, resolve_device
 from bayesian_lora.evaluation.ensemble import predict_once
 from bayesian_lora.models.lora import ModelSettings, build_lora_model
 from bayesian_lora.models.module import BayesianLoRAModule
@@ -99,7 +99,7 @@ def main() -> None:
         task = get_task(cfg.data.task)
         model = build_lora_model(ModelSettings.from_config(cfg.model), task.num_labels)
         module = BayesianLoRAModule(model, task=task, num_data=1).to(device).eval()
-        _, batches = build_test_batches(cfg, device)
+        _, batches = build_eval_batches(cfg, device)
     n_test = sum(int(b["labels"].shape[0]) for b in batches)
     samples = fake_samples(module, args.samples)
     members = [(0, i) for i in range(args.samples)]

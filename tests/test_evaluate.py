@@ -22,8 +22,8 @@ from bayesian_lora.config_validation import ConfigError
 from bayesian_lora.evaluate import (
     ManifestMismatchError,
     allocate,
+    build_eval_batches,
     build_eval_module,
-    build_test_batches,
     eval_run_config,
     evaluate,
     open_run,
@@ -141,7 +141,7 @@ def test_in_place_swap_matches_a_fresh_model_per_sample(runs: dict[str, Path]) -
     run = open_run(runs["sgld0"])
     run_cfg = eval_run_config(cfg, run)
     module = build_eval_module(run_cfg, run, torch.device("cpu"))
-    _, batches = build_test_batches(run_cfg, torch.device("cpu"))
+    _, batches = build_eval_batches(run_cfg, torch.device("cpu"))
     samples, _ = load_samples(runs["sgld0"])
     swapped = predict_samples(module, samples, batches)
     for i in range(samples[next(iter(samples))].shape[0]):
@@ -179,7 +179,7 @@ def test_validation_split_is_evaluated_into_its_own_folder(runs: dict[str, Path]
     assert result["split"] == "validation"
     assert Path(result["out_dir"]) == runs["map0"] / "evaluation_validation"
     run_cfg = load_run_config(runs["map0"])
-    dm, batches = build_test_batches(run_cfg, torch.device("cpu"), "validation")
+    dm, batches = build_eval_batches(run_cfg, torch.device("cpu"), "validation")
     val_labels = torch.cat([b["labels"] for b in batches]).numpy()
     saved = load_predictions(Path(result["out_dir"]) / "predictions.safetensors")
     np.testing.assert_array_equal(saved["labels"], val_labels)
