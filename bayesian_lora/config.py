@@ -45,12 +45,17 @@ def print_config(cfg: DictConfig) -> None:
     print(OmegaConf.to_yaml(cfg, resolve=True))
 
 
+def last_checkpoint(run_dir: Path) -> Path:
+    """Where a sampler run keeps its latest checkpoint (the one ``resume=`` continues from)."""
+    return run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
+
+
 def resolve_resume(cfg: DictConfig) -> tuple[DictConfig, str | None]:
     """``resume=<run folder>``: continue that run with its own saved config and last checkpoint."""
     if not cfg.get("resume"):
         return cfg, None
     run_dir = Path(cfg.resume).expanduser().resolve()
-    ckpt = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
+    ckpt = last_checkpoint(run_dir)
     saved = run_dir / "config.yaml"
     if not saved.is_file() or not ckpt.is_file():
         raise FileNotFoundError(

@@ -23,6 +23,7 @@ from bayesian_lora.config import (
     build_loggers,
     build_module,
     build_trainer,
+    last_checkpoint,
     manifest_for,
     print_config,
     resolve_resume,
@@ -84,9 +85,7 @@ def close_loggers(loggers: list[Any]) -> None:
 
 def refuse_to_overwrite(run_dir: Path) -> None:
     """A rerun into a folder that already holds a chain would overwrite its samples."""
-    existing = [
-        p for p in (run_dir / SAMPLES_FILE, run_dir / "checkpoints" / "last.ckpt") if p.exists()
-    ]
+    existing = [p for p in (run_dir / SAMPLES_FILE, last_checkpoint(run_dir)) if p.exists()]
     if existing:
         raise FileExistsError(
             f"{run_dir} already holds a run ({', '.join(p.name for p in existing)}): continue it "
