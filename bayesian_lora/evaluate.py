@@ -345,10 +345,10 @@ def default_out_dir(
         + ("" if split == "test" else f"_{split}")
     )
     if len(runs) == 1:
-        return runs[0].path / f"evaluation{suffix}"
+        return runs[0].path / f"{R.EVALUATION_DIR}{suffix}"
     digest = hashlib.sha1("\n".join(sorted(str(r.path) for r in runs)).encode()).hexdigest()[:8]
     kind = ensemble_kind(runs, 0)
-    return runs[0].path.parent / f"evaluation_{kind}_{len(runs)}runs_{digest}{suffix}"
+    return runs[0].path.parent / f"{R.EVALUATION_DIR}_{kind}_{len(runs)}runs_{digest}{suffix}"
 
 
 def sampler_signature(run: RunFolder) -> dict[str, Any]:

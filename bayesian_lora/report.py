@@ -42,7 +42,6 @@ from bayesian_lora.evaluation import plots as P
 from bayesian_lora.evaluation import runner as R
 from bayesian_lora.evaluation.metrics import ensemble_metrics
 
-EVALUATION_DIR = "evaluation"
 # Config keys that differ between seeds of one configuration, or only say where things are.
 IGNORED = (
     "seed",
@@ -152,7 +151,7 @@ def load_run(path: Path) -> SweepRun:
         )
     config = OmegaConf.to_container(OmegaConf.load(config_path), resolve=False)
     metrics = dict(R.json_load(path / R.METRICS_FILE).get("ensemble", {}))
-    evaluation = path / EVALUATION_DIR / R.METRICS_FILE
+    evaluation = path / R.EVALUATION_DIR / R.METRICS_FILE
     if evaluation.is_file():
         ood = R.json_load(evaluation).get("ood")
         if ood:

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 PREDICTIONS_FILE = "predictions.safetensors"
 METRICS_FILE = "metrics.json"
+EVALUATION_DIR = "evaluation"  # evaluate's default output folder in a run (the report reads it)
 NUM_PROBES = 3
 LOGLIK = "test mean log-lik"
 LORA_NORM = "LoRA norm"
