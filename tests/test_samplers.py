@@ -263,6 +263,7 @@ def test_sam_two_closures_global_perturbation(cls: type[SAMSGLD]) -> None:
         loss = sampler.step(closure)
         assert len(seen) == 2, f"step {step}: closure called {len(seen)} times"
         assert loss.item() != 0.0  # the first closure's loss is returned
+        assert loss.grad_fn is None  # detached: its graph is let go before the 2nd pass
         assert torch.equal(seen[0][0], before[0]) and torch.equal(seen[0][1], before[1])
         e1, e2 = seen[1][0] - before[0], seen[1][1] - before[1]
         norm = torch.sqrt(e1.square().sum() + e2.square().sum())
