@@ -53,6 +53,14 @@ def inject(monkeypatch: pytest.MonkeyPatch, callback: L.Callback) -> None:
     monkeypatch.setattr(train_module, "build_trainer", build_with_callback)
 
 
+def train_observed(
+    monkeypatch: pytest.MonkeyPatch, callback: L.Callback, data_dir: Path, out: Path, *extra: str
+) -> None:
+    """A smoke run of the real config with ``callback`` watching the trainer."""
+    inject(monkeypatch, callback)
+    train_module.train(compose_train(smoke_overrides(data_dir, out, *extra)))
+
+
 def run(data_dir: Path, out: Path, *extra: str) -> None:
     train_module.train(compose_train(smoke_overrides(data_dir, out, *CHAIN, *extra)))
 

@@ -9,11 +9,10 @@ import lightning as L
 import pytest
 import torch
 
-import bayesian_lora.train as train_module
 from bayesian_lora.callbacks.sample_collector import SampleCollector
 from bayesian_lora.callbacks.sample_store import load_samples
-from tests.test_faults import inject
-from tests.test_train import compose_train, smoke_overrides
+from tests.test_faults import train_observed
+from tests.test_train import CHAIN
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -43,22 +42,17 @@ def test_bf16_chain_keeps_float32_parameters_and_device_buffer(
     sampler: str, synthetic_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     probe = Inspect()
-    inject(monkeypatch, probe)
-    cfg = compose_train(
-        smoke_overrides(
-            synthetic_data_dir,
-            tmp_path,
-            "data=mrpc",
-            f"sampler={sampler}",
-            "sampler.warmup.steps=3",
-            "sampler.burn_in=2",
-            "sampler.thin=2",
-            "sampler.num_samples=3",
-        )
+    train_observed(
+        monkeypatch,
+        probe,
+        synthetic_data_dir,
+        tmp_path,
+        "data=mrpc",
+        f"sampler={sampler}",
+        *CHAIN,
+        "trainer.accelerator=gpu",  # debug=smoke selects the CPU trainer: this is its GPU twin
+        "trainer.precision=bf16-mixed",
     )
-    cfg.trainer.accelerator = "gpu"  # debug=smoke selects the CPU trainer: this is its GPU twin
-    cfg.trainer.precision = "bf16-mixed"
-    train_module.train(cfg)
     seen = probe.seen
     assert seen["precision"] == "bf16-mixed"
     assert seen["param_dtypes"] == {torch.float32} and seen["param_devices"] == {"cuda"}

@@ -9,11 +9,9 @@ import lightning as L
 import pytest
 import torch
 
-import bayesian_lora.train as train_module
 from bayesian_lora.callbacks.sample_collector import SampleCollector
 from bayesian_lora.callbacks.sample_store import load_samples
-from tests.test_faults import inject
-from tests.test_train import compose_train, smoke_overrides
+from tests.test_faults import train_observed
 
 
 class Observer(L.Callback):
@@ -52,21 +50,19 @@ def test_buffer_holds_the_parameters_of_exactly_the_kept_steps(
     sampler: str, synthetic_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     observer = Observer()
-    inject(monkeypatch, observer)
-    cfg = compose_train(
-        smoke_overrides(
-            synthetic_data_dir,
-            tmp_path,
-            "data=mrpc",
-            f"sampler={sampler}",
-            "sampler.warmup.steps=2",
-            "sampler.burn_in=3",
-            "sampler.thin=3",
-            "sampler.num_samples=4",
-            "callbacks.samples.flush_every=3",
-        )
+    train_observed(
+        monkeypatch,
+        observer,
+        synthetic_data_dir,
+        tmp_path,
+        "data=mrpc",
+        f"sampler={sampler}",
+        "sampler.warmup.steps=2",
+        "sampler.burn_in=3",
+        "sampler.thin=3",
+        "sampler.num_samples=4",
+        "callbacks.samples.flush_every=3",
     )
-    train_module.train(cfg)
     samples, manifest = load_samples(tmp_path)
 
     # warm-up 2 + burn-in 3, then every 3rd step: steps 7, 10, 13, 16 (0-based global steps).
