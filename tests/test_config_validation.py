@@ -386,3 +386,19 @@ def test_cpu_sgld_experiment_has_the_map_experiments_budget_and_seed() -> None:
     assert plan.total_steps() == int(map_cfg.trainer.max_epochs) * steps_per_epoch
     assert plan.warmup_steps == 3 * steps_per_epoch  # the warm start is a 3-epoch MAP schedule
     assert sgld_cfg.seed == map_cfg.seed and sgld_cfg.data == map_cfg.data
+
+
+@pytest.mark.parametrize(
+    ("experiment", "twin"),
+    [
+        ("sst2_minilm_sam_sgld_cpu", "sst2_minilm_sgld_cpu"),
+        ("mrpc_minilm_asgld_cpu", "mrpc_minilm_sgld_cpu"),
+    ],
+)
+def test_cpu_twins_differ_only_in_the_sampler(experiment: str, twin: str) -> None:
+    """README's CPU twins compare at one budget: same data, model, seed and chain plan."""
+    a, b = compose_train([f"experiment={experiment}"]), compose_train([f"experiment={twin}"])
+    assert a.sampler.name != b.sampler.name
+    assert a.data == b.data and a.model == b.model and a.seed == b.seed
+    chain_keys = ("lr", "temperature", "warmup", "burn_in", "thin", "num_samples", "schedule")
+    assert all(a.sampler[k] == b.sampler[k] for k in chain_keys)
