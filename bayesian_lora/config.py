@@ -36,7 +36,7 @@ from bayesian_lora.samplers.schedules import build_schedule
 
 log = logging.getLogger("bayesian_lora")
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONFIG_DIR = Path(__file__).resolve().parent / "conf"
 CHECKPOINT_DIR = "checkpoints"
 
 

@@ -37,7 +37,7 @@ TARGET = 1.10
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="tiny", help="a conf/model option (tiny, minilm, ...)")
+    p.add_argument("--model", default="tiny", help="a bayesian_lora/conf/model option (tiny, minilm, ...)")
     p.add_argument("--task", default="mrpc")
     p.add_argument("--data-dir", default=None, help="Hub-layout data root; default: synthetic")
     p.add_argument("--samples", type=int, default=20, help="ensemble size S")

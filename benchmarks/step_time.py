@@ -65,7 +65,7 @@ def time_block(step: Callable[[], None], n: int, device: torch.device) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--model", default="minilm", help="a conf/model/*.yaml name")
+    ap.add_argument("--model", default="minilm", help="a bayesian_lora/conf/model/*.yaml name")
     ap.add_argument("--name-or-path", default=None, help="override the model's weights folder/id")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--length", type=int, default=64)
