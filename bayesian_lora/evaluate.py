@@ -51,6 +51,14 @@ from bayesian_lora.data.datamodule import TextClassificationDataModule
 from bayesian_lora.data.tasks import TaskSpec, get_task
 from bayesian_lora.evaluation import runner as R
 from bayesian_lora.evaluation.ensemble import cache_batches, labels_of, predict_samples
+from bayesian_lora.evaluation.metrics import (
+    ensemble_metrics,
+    ood_detection,
+    predictive_entropy,
+    selective_prediction,
+)
+from bayesian_lora.methods import get_calibrator
+from bayesian_lora.methods.temperature import calibrate_predictive
 from bayesian_lora.models.lora import ModelSettings, build_lora_model
 from bayesian_lora.models.module import BayesianLoRAModule
 
@@ -206,6 +214,13 @@ def check_options(cfg: DictConfig) -> None:
         raise ConfigError(f"split={split!r} is not allowed: one of {', '.join(SPLITS)}")
     if cfg.get("ood") is not None:
         get_task(str(cfg.ood))  # unknown names raise, listing the choices
+    if cfg.get("calibrate") is not None:
+        get_calibrator(str(cfg.calibrate))  # unknown names raise, listing the choices
+        if split != "test":
+            raise ConfigError(
+                f"calibrate={cfg.calibrate!r} fits on the validation split, so it cannot also be "
+                f"scored there (split={split!r}): use split=test"
+            )
 
 
 def eval_split(cfg: DictConfig) -> str:
@@ -336,13 +351,18 @@ def ensemble_kind(runs: Sequence[RunFolder], mc_dropout: int) -> str:
 
 
 def default_out_dir(
-    runs: Sequence[RunFolder], k: int | None, mc_dropout: int, split: str = "test"
+    runs: Sequence[RunFolder],
+    k: int | None,
+    mc_dropout: int,
+    split: str = "test",
+    calibrate: str | None = None,
 ) -> Path:
     total = sum(r.num_samples for r in runs)
     suffix = (
         (f"_k{k}" if k is not None and k < total else "")
         + (f"_mcdropout{mc_dropout}" if mc_dropout else "")
         + ("" if split == "test" else f"_{split}")
+        + (f"_{calibrate}" if calibrate else "")
     )
     if len(runs) == 1:
         return runs[0].path / f"{R.EVALUATION_DIR}{suffix}"
@@ -380,6 +400,8 @@ class Members:
     sample: np.ndarray  # [M] kept-sample index within its run
     dropout_pass: np.ndarray  # [M] MC-dropout pass (0 without MC dropout)
     seconds: float
+    val_preds: np.ndarray | None = None  # [M, N_val, C], for calibrate=
+    val_labels: np.ndarray | None = None
 
 
 def predict_members(
@@ -440,7 +462,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     runs, run_cfg, task = prepare(cfg)
     k, K = cfg.get("k"), int(cfg.get("mc_dropout") or 0)
     split = eval_split(cfg)
-    out_dir = Path(cfg.out_dir) if cfg.get("out_dir") else default_out_dir(runs, k, K, split)
+    calibrate = cfg.get("calibrate")
+    out_dir = (
+        Path(cfg.out_dir) if cfg.get("out_dir") else default_out_dir(runs, k, K, split, calibrate)
+    )
     members = select_members(runs, k)
     samples = gather_samples(runs, members)
     m = predict(cfg, run_cfg, runs[0], samples, members)
@@ -450,6 +475,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     result["parameters"] = R.lora_parameter_stats(samples)
     if m.ood_preds is not None:
         result["ood"] = R.ood_metrics(m.preds, m.ood_preds, str(cfg.ood))
+    calibrated = None
+    if calibrate is not None and m.val_preds is not None and m.val_labels is not None:
+        state, calibrated, ood_cal = calibrate_predictive(
+            m.val_preds, m.val_labels, m.preds, m.ood_preds
+        )
+        result["calibration"] = calibrated_result(
+            str(calibrate), state, calibrated, ood_cal, m, task
+        )
     diag = None
     if are_chains(runs):
         chains = chain_summaries(m, samples, len(runs), task, obs_std, _probes(cfg))
@@ -458,7 +491,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         result["diagnostics"]["verdict"] = R.diagnostics_verdict(diag)
     elif len(runs) > 1:
         result["diagnostics"] = {"skipped": "the run folders are not chains of one sampler config"}
-    write_outputs(cfg, out_dir, result, m, task, diag, runs)
+    write_outputs(cfg, out_dir, result, m, task, diag, runs, calibrated)
     print(format_result(result, show_single=bool(cfg.get("single"))))
     return result
 
@@ -482,6 +515,11 @@ def prepare(cfg: DictConfig) -> tuple[list[RunFolder], DictConfig, TaskSpec]:
         raise ConfigError(
             f"ood={cfg.ood!r}: OOD scoring needs a classification task, not {task.name}"
         )
+    if cfg.get("calibrate") is not None and task.is_regression:
+        raise ConfigError(
+            f"calibrate={cfg.calibrate!r}: temperature scaling tempers a softmax, and "
+            f"{task.name} is a regression task (its Gaussian noise obs_std is set in data.obs_std)"
+        )
     return runs, run_cfg, task
 
 
@@ -498,7 +536,36 @@ def predict(
     dm, batches = build_eval_batches(run_cfg, device, eval_split(cfg))
     extra = ood_batches(cfg, run_cfg, dm, device) if cfg.get("ood") is not None else None
     torch.manual_seed(int(cfg.get("seed", 0)))
-    return predict_members(module, samples, members, batches, extra, int(cfg.mc_dropout or 0))
+    K = int(cfg.mc_dropout or 0)
+    m = predict_members(module, samples, members, batches, extra, K)
+    if cfg.get("calibrate") is not None:  # the validation predictive the calibrator is fitted on
+        val = cache_batches(dm.val_dataloader(), device)
+        on_device = {n: t.to(device) for n, t in samples.items()}
+        m.val_preds = predict_samples(module, on_device, val, None, K).cpu().numpy()
+        m.val_labels = labels_of(val).numpy()
+    return m
+
+
+def calibrated_result(
+    name: str,
+    state: Mapping[str, Any],
+    calibrated: np.ndarray,
+    ood_calibrated: np.ndarray | None,
+    m: Members,
+    task: TaskSpec,
+) -> dict[str, Any]:
+    """Metrics of the calibrated test predictive (the uncalibrated ones stay in ``ensemble``)."""
+    out: dict[str, Any] = {
+        "method": name,
+        **state,
+        "ensemble": ensemble_metrics(calibrated[None], m.labels, task.metric),
+        "selective": selective_prediction(calibrated, m.labels),
+    }
+    if ood_calibrated is not None:
+        out["ood_entropy"] = ood_detection(
+            predictive_entropy(calibrated), predictive_entropy(ood_calibrated)
+        )
+    return out
 
 
 def _probes(cfg: DictConfig) -> int:
@@ -556,10 +623,15 @@ def write_outputs(
     task: TaskSpec,
     diag: Mapping[str, Any] | None,
     runs: Sequence[RunFolder],
+    calibrated: np.ndarray | None = None,
 ) -> None:
     """predictions.safetensors, metrics.json, evaluate.yaml, PNGs (and W&B if enabled)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     extra = {"member_run": m.run, "member_sample": m.sample, "member_pass": m.dropout_pass}
+    if calibrated is not None:  # the calibrated predictive [N, C] and what was fitted
+        extra["calibrated_predictions"] = np.ascontiguousarray(calibrated, dtype=np.float32)
+        cal = {k: v for k, v in result["calibration"].items() if not isinstance(v, dict)}
+        R.write_json(out_dir / f"{result['calibration']['method']}.json", cal)
     if m.ood_preds is not None:
         extra["ood_predictions"] = np.ascontiguousarray(m.ood_preds, dtype=np.float32)
     meta = {"task": task.name, "runs": "\n".join(str(r.path) for r in runs)}
@@ -600,6 +672,14 @@ def format_result(result: Mapping[str, Any], show_single: bool = False) -> str:
         parts.append(R.format_metrics(flat, f"OOD detection vs {ood['task']}"))
         if "note" in ood:
             parts.append(f"  note: {ood['note']}")
+    if "calibration" in result:
+        cal = result["calibration"]
+        title = (
+            f"after {cal['method']} scaling (T = {cal['temperature']:.4f}, fitted on "
+            f"{cal['num_validation']} validation examples: NLL {cal['validation_nll_before']:.4f}"
+            f" -> {cal['validation_nll_after']:.4f})"
+        )
+        parts.append(R.format_metrics(cal["ensemble"], title))
     diag = result.get("diagnostics", {})
     if "verdict" in diag:
         parts.append("MCMC diagnostics across chains: " + diag["verdict"])
