@@ -1,67 +1,29 @@
 """validate_config on the composed Hydra config: bad values are refused, shipped configs pass.
 
-Pure config composition (see ``compose_train``): no model, tokenizer or data is loaded.
+Pure config composition (``tests.helpers.compose_train``): no model, tokenizer or data is loaded.
 """
 
 from __future__ import annotations
 
-import copy
 import functools
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from bayesian_lora.config import CONFIG_DIR
 from bayesian_lora.config_validation import ConfigError, validate_config
+from tests.helpers import compose_config, compose_train
 
 GROUPS = {p.name for p in Path(CONFIG_DIR).iterdir() if p.is_dir()}
 #: Groups whose configs write only their own node (test_groups_write_only_their_node checks it).
 SWAPPABLE = ("sampler", "model", "data", "trainer", "logger")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _hydra() -> Iterator[None]:
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        yield
-
-
 @functools.cache
 def _compose_groups(groups: tuple[str, ...]) -> DictConfig:
-    return compose(config_name="train", overrides=list(groups))
-
-
-def _is_group(override: str) -> bool:
-    return override.split("=", 1)[0].lstrip("+~").split("@")[0] in GROUPS
-
-
-def compose_train(overrides: list[str]) -> DictConfig:
-    """What ``compose(config_name="train", overrides=overrides)`` returns, at a fraction of the cost.
-
-    A compose costs ~0.06 s of CPU (half of it Hydra's own config), so each group selection is
-    composed once (cached): a combination of ``SWAPPABLE`` selections is the default config with
-    their nodes swapped in, any other selection (``debug=``, ``experiment=``) is composed as
-    given. The ``key=value`` overrides are then applied by the function Hydra's ``compose``
-    applies them with, to a struct-mode copy. ``test_fast_compose_is_hydra_compose`` compares
-    the result with ``compose`` itself.
-    """
-    groups = [o for o in overrides if _is_group(o)]
-    values = [o for o in overrides if not _is_group(o)]
-    if all(o.split("=", 1)[0] in SWAPPABLE for o in groups):
-        cfg = copy.deepcopy(_compose_groups(()))
-        for o in groups:
-            group = o.split("=", 1)[0]
-            cfg[group] = copy.deepcopy(_compose_groups((o,))[group])
-    else:
-        cfg = copy.deepcopy(_compose_groups(tuple(groups)))
-    ConfigLoaderImpl._apply_overrides_to_config(
-        OverridesParser.create().parse_overrides(values), cfg
-    )
-    return cfg
+    return compose_train(list(groups))
 
 
 def options(group: str) -> list[str]:
@@ -260,23 +222,6 @@ def test_groups_write_only_their_node() -> None:
             assert not changed, f"{group}={choice} also writes {changed}"
 
 
-@pytest.mark.parametrize(
-    "overrides",
-    [
-        "sampler=csgld model=distilbert data=stsb trainer=ddp logger=many "
-        "sampler.schedule.cycle_length=2 +sampler.hparams.foo=[1,2] seed=3",
-        "model=tiny logger=none +model.tiny.max_position_embeddings=32 data.batch_size=abc",
-        "sampler=sam_sgld_r1 model=roberta trainer=gpu trainer.devices=[0]",
-        "debug=smoke sampler=csghmc ~sampler.hparams.friction sampler.warmup.lr=1e-3",
-    ],
-)
-def test_fast_compose_is_hydra_compose(overrides: str) -> None:
-    fast = compose_train(overrides.split())
-    real = compose(config_name="train", overrides=overrides.split())
-    assert OmegaConf.to_container(fast) == OmegaConf.to_container(real)
-    assert OmegaConf.is_struct(fast) and OmegaConf.is_struct(real)
-
-
 @pytest.mark.parametrize(("overrides", "key", "shown", "allowed"), BAD, ids=[c[0] for c in BAD])
 def test_bad_value_is_refused(overrides: str, key: str, shown: str, allowed: str) -> None:
     cfg = compose_train(overrides.split())
@@ -338,9 +283,7 @@ def test_debug_configs_pass(debug: str, sampler: str) -> None:
 def test_experiments_pass(experiment: str) -> None:
     """Each experiment, and each value of each key its sweep varies (one key at a time)."""
     validate_config(compose_train([f"experiment={experiment}"]))
-    full = compose(
-        config_name="train", overrides=[f"experiment={experiment}"], return_hydra_config=True
-    )
+    full = compose_config("train", [f"experiment={experiment}"], hydra_config=True)
     sweep = full.hydra.sweeper.get("params") or {}
     parser = OverridesParser.create()
     for key, values in sweep.items():

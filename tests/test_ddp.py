@@ -24,7 +24,7 @@ from bayesian_lora.callbacks.sample_store import load_samples, read_manifest
 from bayesian_lora.data.datamodule import RankShard, ResumableRandomSampler
 from bayesian_lora.models.module import BayesianLoRAModule
 from bayesian_lora.train import train
-from tests.test_train import compose_train
+from tests.helpers import compose_train
 
 GLOBAL_BATCH = 8
 NUM_TRAIN = 32  # a multiple of GLOBAL_BATCH: every global batch is full on both sides
@@ -176,6 +176,7 @@ def test_resume_skips_the_global_batches_already_used() -> None:
         datamodule.train_sampler.skip_next(2 * per_rank * world)  # the same skip for the next rank
 
 
+@pytest.mark.slow
 def test_ddp_chain_equals_the_single_process_chain(
     synthetic_data_dir: Path, tmp_path: Path
 ) -> None:

@@ -12,12 +12,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig
 
 from bayesian_lora.callbacks.sample_store import SampleFileError, load_samples
-from bayesian_lora.config import CONFIG_DIR, load_run_config
+from bayesian_lora.config import load_run_config
 from bayesian_lora.config_validation import ConfigError
 from bayesian_lora.evaluate import (
     ManifestMismatchError,
@@ -34,26 +32,25 @@ from bayesian_lora.evaluation.ensemble import predict_once, predict_samples
 from bayesian_lora.evaluation.runner import evaluate_predictions, load_predictions
 from bayesian_lora.models.lora import ModelSettings, build_lora_model
 from bayesian_lora.train import train
+from tests.helpers import CHAIN as SHORT_CHAIN
+from tests.helpers import compose_config
 
-CHAIN = ["sampler.warmup.steps=3", "sampler.burn_in=2", "sampler.thin=2", "sampler.num_samples=4"]
+CHAIN = [*SHORT_CHAIN, "sampler.num_samples=4"]
 PLOTS = {"reliability.png", "confidence.png", "vs_size.png", "risk_coverage.png"}
-
-
-def _compose(name: str, overrides: list[str]) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(config_name=name, overrides=overrides)
 
 
 def _train(data_dir: Path, out: Path, *extra: str) -> Path:
     base = ["model=tiny", "debug=smoke", "logger=none", "data=mrpc"]  # a later data= wins
     train(
-        _compose("train", [*base, f"paths.data_dir={data_dir}", f"paths.output_dir={out}", *extra])
+        compose_config(
+            "train", [*base, f"paths.data_dir={data_dir}", f"paths.output_dir={out}", *extra]
+        )
     )
     return out
 
 
 def run_eval(*overrides: str) -> dict[str, Any]:
-    return evaluate(_compose("evaluate", list(overrides)))
+    return evaluate(compose_config("evaluate", list(overrides)))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -137,7 +134,7 @@ def test_ood_reports_auroc_and_aupr_for_both_scores(chain_eval: dict) -> None:
 
 
 def test_in_place_swap_matches_a_fresh_model_per_sample(runs: dict[str, Path]) -> None:
-    cfg = _compose("evaluate", [f"run_dir={runs['sgld0']}"])
+    cfg = compose_config("evaluate", [f"run_dir={runs['sgld0']}"])
     run = open_run(runs["sgld0"])
     run_cfg = eval_run_config(cfg, run)
     module = build_eval_module(run_cfg, run, torch.device("cpu"))
@@ -228,6 +225,7 @@ def test_map_ood_notes_that_mutual_information_is_zero(runs: dict[str, Path]) ->
     assert Path(result["out_dir"]) == runs["map0"] / "evaluation"
 
 
+@pytest.mark.slow
 def test_regression_chains_pooled(
     synthetic_data_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -318,6 +316,7 @@ def test_clear_errors(runs: dict[str, Path], tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- entry points
 
 
+@pytest.mark.slow
 def test_wandb_offline_logs_metrics_and_plots(
     runs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -330,6 +329,7 @@ def test_wandb_offline_logs_metrics_and_plots(
     assert list((tmp_path / "wandb").glob("offline-run-*"))
 
 
+@pytest.mark.slow
 def test_command_line_entry_point(
     runs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:

@@ -7,14 +7,13 @@ import signal
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import pytest
 import torch
 
 import bayesian_lora.train as train_module
 from bayesian_lora.callbacks.sample_store import load_samples
 from bayesian_lora.models.module import DivergenceError
-from tests.test_train import compose_train, smoke_overrides
+from tests.helpers import AtStep, compose_train, inject, smoke_overrides
 
 CHAIN = [
     "data=mrpc",
@@ -28,37 +27,6 @@ CHAIN = [
     "evaluate_on_fit_end=false",
 ]
 TOTAL_STEPS = 3 + 2 + 6 * 3
-
-
-class AtStep(L.Callback):
-    """Runs ``action(pl_module)`` once, right after chain step ``step`` has been taken."""
-
-    def __init__(self, step: int, action: Any) -> None:
-        self.step, self.action, self.done = step, action, False
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, *args: Any) -> None:
-        if not self.done and pl_module.chain_step == self.step:
-            self.done = True
-            self.action(pl_module)
-
-
-def inject(monkeypatch: pytest.MonkeyPatch, callback: L.Callback) -> None:
-    original = train_module.build_trainer
-
-    def build_with_callback(*args: Any, **kwargs: Any) -> Any:
-        trainer, collector = original(*args, **kwargs)
-        trainer.callbacks.append(callback)
-        return trainer, collector
-
-    monkeypatch.setattr(train_module, "build_trainer", build_with_callback)
-
-
-def train_observed(
-    monkeypatch: pytest.MonkeyPatch, callback: L.Callback, data_dir: Path, out: Path, *extra: str
-) -> None:
-    """A smoke run of the real config with ``callback`` watching the trainer."""
-    inject(monkeypatch, callback)
-    train_module.train(compose_train(smoke_overrides(data_dir, out, *extra)))
 
 
 def run(data_dir: Path, out: Path, *extra: str) -> None:

@@ -11,8 +11,7 @@ import torch
 
 from bayesian_lora.callbacks.sample_collector import SampleCollector
 from bayesian_lora.callbacks.sample_store import load_samples
-from tests.test_faults import train_observed
-from tests.test_train import CHAIN
+from tests.helpers import CHAIN, train_observed
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

@@ -13,21 +13,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from bayesian_lora.callbacks.sample_store import load_samples
-from bayesian_lora.config import CONFIG_DIR
+from tests.helpers import compose_config
 
 pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="needs the launchers extra")
 
 
-def compose_with_hydra(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(config_name="train", overrides=overrides, return_hydra_config=True)
+def compose_with_hydra(overrides: list[str]) -> DictConfig:
+    return compose_config("train", overrides, hydra_config=True)
 
 
+@pytest.mark.slow
 def test_joblib_sweep_runs_two_chains_at_once(synthetic_data_dir: Path, tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     cmd = [

@@ -1,11 +1,10 @@
-"""Each plot writes a valid, readable PNG and leaves no figure open."""
+"""Each plot writes a valid, readable PNG with something drawn on it."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import matplotlib.image as mpimg
-import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
@@ -35,7 +34,9 @@ def _check_png(path: Path) -> None:
     assert path.read_bytes()[:8] == PNG_SIGNATURE
     img = mpimg.imread(path)
     assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
-    assert plt.get_fignums() == []
+    # Not a blank canvas: a few percent of the pixels are ink (axes, text, data).
+    ink = (img[..., :3] < 0.9).any(axis=-1).mean()
+    assert ink > 0.02, f"{path.name}: only {ink:.1%} of the pixels are drawn"
 
 
 def test_reliability_and_confidence(tmp_path, data):

@@ -12,10 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from bayesian_lora.config import CONFIG_DIR
 from bayesian_lora.evaluate import evaluate
 from bayesian_lora.report import (
     SweepRun,
@@ -25,6 +23,10 @@ from bayesian_lora.report import (
     load_run,
     main,
 )
+from tests.helpers import compose_eval
+
+# The module fixture runs a 4-job sweep in-process (~5-10 s).
+pytestmark = pytest.mark.slow
 
 SWEEP = [
     "model=tiny",
@@ -106,11 +108,7 @@ def test_table_has_mean_std_over_seeds_and_a_deep_ensemble_row(
 def test_deep_ensemble_row_matches_the_evaluate_code_path(
     report: dict[str, Any], sweep: Path, tmp_path: Path
 ) -> None:
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(
-            config_name="evaluate",
-            overrides=[f"run_dirs=[{sweep}/*_map_*]", "plots=false", f"out_dir={tmp_path}"],
-        )
+    cfg = compose_eval([f"run_dirs=[{sweep}/*_map_*]", "plots=false", f"out_dir={tmp_path}"])
     result = evaluate(cfg)
     assert result["kind"] == "deep_ensemble" and result["num_members"] == 2
     row = _row(report, "deep_ensemble")
@@ -132,10 +130,7 @@ def test_sampler_chains_are_diagnosed_and_flagged(report: dict[str, Any], sweep:
 
 def test_ood_auroc_column_when_a_run_was_evaluated(sweep: Path, tmp_path: Path) -> None:
     run = sweep / "0_tiny_mrpc_map_s0"
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(
-            config_name="evaluate", overrides=[f"run_dir={run}", "ood=sst2", "plots=false"]
-        )
+    cfg = compose_eval([f"run_dir={run}", "ood=sst2", "plots=false"])
     evaluate(cfg)
     out = build_report([sweep], out_dir=tmp_path, plots=False)
     row = out["rows"][0]

@@ -11,7 +11,7 @@ import torch
 
 from bayesian_lora.callbacks.sample_collector import SampleCollector
 from bayesian_lora.callbacks.sample_store import load_samples
-from tests.test_faults import train_observed
+from tests.helpers import train_observed
 
 
 class Observer(L.Callback):

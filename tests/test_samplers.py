@@ -289,6 +289,7 @@ def test_rank1_zero_scale_is_sam_sgld_bitwise() -> None:
         assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
 
 
+@pytest.mark.slow
 def test_rank1_directional_noise_variance() -> None:
     """Linear u = c . theta: every gradient (also at theta + e) is c, so d = c / ||c||.
 

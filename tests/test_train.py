@@ -8,34 +8,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
-from omegaconf import DictConfig
 
 from bayesian_lora.callbacks.sample_store import load_samples
 from bayesian_lora.config import CONFIG_DIR
 from bayesian_lora.data.tasks import TASKS
 from bayesian_lora.train import train
+from tests.helpers import CHAIN, compose_train, smoke_overrides
 from tests.wandb_offline import config_keys, history_keys, read_offline_run
 
 SAMPLER_CONFIGS = sorted(p.stem for p in (CONFIG_DIR / "sampler").glob("[!_]*.yaml"))
-CHAIN = ["sampler.warmup.steps=3", "sampler.burn_in=2", "sampler.thin=2", "sampler.num_samples=3"]
-
-
-def compose_train(overrides: list[str]) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
-
-
-def smoke_overrides(data_dir: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "model=tiny",
-        "debug=smoke",
-        "logger=csv",
-        f"paths.data_dir={data_dir}",
-        f"paths.output_dir={out}",
-        *extra,
-    ]
 
 
 def test_sampler_group_lists_every_documented_sampler() -> None:
@@ -101,6 +83,7 @@ def test_unknown_choice_lists_the_available_ones() -> None:
     assert "sgld" in str(err.value) and "sam_sgld" in str(err.value)
 
 
+@pytest.mark.slow
 def test_command_line_entry_point(synthetic_data_dir: Path, tmp_path: Path) -> None:
     """``python -m bayesian_lora.train`` composes, runs and writes its run folder."""
     cmd = [

@@ -1,0 +1,105 @@
+"""What the test modules share: composing the real configs, smoke runs, watching a run.
+
+Test modules import from here (and ``tests/wandb_offline.py``), never from each other.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig
+
+from bayesian_lora.config import CONFIG_DIR
+
+#: A short chain: 3 warm-up steps, 2 burn-in steps, 3 samples kept 2 steps apart.
+CHAIN = ["sampler.warmup.steps=3", "sampler.burn_in=2", "sampler.thin=2", "sampler.num_samples=3"]
+
+
+def compose_config(
+    name: str, overrides: list[str] | tuple[str, ...] = (), *, hydra_config: bool = False
+) -> DictConfig:
+    """``bayesian_lora/conf/<name>.yaml`` composed with ``overrides``, as the entry point does.
+
+    The one way tests compose a config (Hydra's public ``compose``); ``hydra_config=True`` keeps
+    the ``hydra`` node (sweeper params, run dir).
+    """
+    if GlobalHydra.instance().is_initialized():
+        GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(
+            config_name=name, overrides=list(overrides), return_hydra_config=hydra_config
+        )
+
+
+def compose_train(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    return compose_config("train", overrides)
+
+
+def compose_eval(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    return compose_config("evaluate", overrides)
+
+
+def smoke_overrides(data_dir: Path, out: Path, *extra: str) -> list[str]:
+    """A few steps of the tiny model on the synthetic data, written to ``out``."""
+    return [
+        "model=tiny",
+        "debug=smoke",
+        "logger=csv",
+        f"paths.data_dir={data_dir}",
+        f"paths.output_dir={out}",
+        *extra,
+    ]
+
+
+def sweep_first_job(experiment: str) -> list[str]:
+    """The overrides of the first job of ``experiment``'s ``-m`` sweep (none if it sweeps nothing)."""
+    cfg = compose_config("train", [f"experiment={experiment}"], hydra_config=True)
+    params = cfg.hydra.sweeper.get("params") or {}
+    parser = OverridesParser.create()
+    first = []
+    for key, values in params.items():
+        (override,) = parser.parse_overrides([f"{key}={values}"])
+        first.append(f"{key}={next(iter(override.sweep_string_iterator()))}")
+    return first
+
+
+class AtStep(L.Callback):
+    """Runs ``action(pl_module)`` once, right after chain step ``step`` has been taken."""
+
+    def __init__(self, step: int, action: Any) -> None:
+        self.step, self.action, self.done = step, action, False
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, *args: Any) -> None:
+        if not self.done and pl_module.chain_step == self.step:
+            self.done = True
+            self.action(pl_module)
+
+
+def inject(monkeypatch: pytest.MonkeyPatch, callback: L.Callback) -> None:
+    """Adds ``callback`` to the trainer that ``bayesian_lora.train`` builds next."""
+    import bayesian_lora.train as train_module
+
+    original = train_module.build_trainer
+
+    def build_with_callback(*args: Any, **kwargs: Any) -> Any:
+        trainer, collector = original(*args, **kwargs)
+        trainer.callbacks.append(callback)
+        return trainer, collector
+
+    monkeypatch.setattr(train_module, "build_trainer", build_with_callback)
+
+
+def train_observed(
+    monkeypatch: pytest.MonkeyPatch, callback: L.Callback, data_dir: Path, out: Path, *extra: str
+) -> None:
+    """A smoke run of the real config with ``callback`` watching the trainer."""
+    import bayesian_lora.train as train_module
+
+    inject(monkeypatch, callback)
+    train_module.train(compose_train(smoke_overrides(data_dir, out, *extra)))
