@@ -57,6 +57,22 @@ def smoke_overrides(data_dir: Path, out: Path, *extra: str) -> list[str]:
     ]
 
 
+def train_run(data_dir: Path, out: Path, *extra: str) -> Path:
+    """A quiet smoke run (no logger) of the tiny model on synthetic MRPC; returns its folder."""
+    from bayesian_lora.train import train
+
+    base = ["model=tiny", "debug=smoke", "logger=none", "data=mrpc"]  # a later data= wins
+    train(compose_train([*base, f"paths.data_dir={data_dir}", f"paths.output_dir={out}", *extra]))
+    return out
+
+
+def run_eval(*overrides: str) -> dict[str, Any]:
+    """``python -m bayesian_lora.evaluate <overrides>``, in-process; returns its result."""
+    from bayesian_lora.evaluate import evaluate
+
+    return evaluate(compose_eval(list(overrides)))
+
+
 def sweep_first_job(experiment: str) -> list[str]:
     """The overrides of the first job of ``experiment``'s ``-m`` sweep (none if it sweeps nothing)."""
     cfg = compose_config("train", [f"experiment={experiment}"], hydra_config=True)

@@ -23,7 +23,6 @@ from bayesian_lora.evaluate import (
     build_eval_batches,
     build_eval_module,
     eval_run_config,
-    evaluate,
     open_run,
     select_members,
     spaced_indices,
@@ -31,26 +30,11 @@ from bayesian_lora.evaluate import (
 from bayesian_lora.evaluation.ensemble import predict_once, predict_samples
 from bayesian_lora.evaluation.runner import evaluate_predictions, load_predictions
 from bayesian_lora.models.lora import ModelSettings, build_lora_model
-from bayesian_lora.train import train
 from tests.helpers import CHAIN as SHORT_CHAIN
-from tests.helpers import compose_config
+from tests.helpers import compose_config, run_eval, train_run
 
 CHAIN = [*SHORT_CHAIN, "sampler.num_samples=4"]
 PLOTS = {"reliability.png", "confidence.png", "vs_size.png", "risk_coverage.png"}
-
-
-def _train(data_dir: Path, out: Path, *extra: str) -> Path:
-    base = ["model=tiny", "debug=smoke", "logger=none", "data=mrpc"]  # a later data= wins
-    train(
-        compose_config(
-            "train", [*base, f"paths.data_dir={data_dir}", f"paths.output_dir={out}", *extra]
-        )
-    )
-    return out
-
-
-def run_eval(*overrides: str) -> dict[str, Any]:
-    return evaluate(compose_config("evaluate", list(overrides)))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -68,10 +52,10 @@ def runs(synthetic_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     root = tmp_path_factory.mktemp("runs")
     out = {}
     for seed in (0, 1):
-        out[f"sgld{seed}"] = _train(
+        out[f"sgld{seed}"] = train_run(
             synthetic_data_dir, root / f"sgld{seed}", "sampler=sgld", f"seed={seed}", *CHAIN
         )
-        out[f"map{seed}"] = _train(
+        out[f"map{seed}"] = train_run(
             synthetic_data_dir, root / f"map{seed}", f"seed={seed}", "trainer.max_epochs=2"
         )
     return out
@@ -231,7 +215,7 @@ def test_regression_chains_pooled(
 ) -> None:
     root = tmp_path_factory.mktemp("stsb")
     chains = [
-        _train(
+        train_run(
             synthetic_data_dir,
             root / f"s{seed}",
             "data=stsb",

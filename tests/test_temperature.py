@@ -12,7 +12,7 @@ from scipy.special import softmax
 from bayesian_lora.config_validation import ConfigError
 from bayesian_lora.methods import get_calibrator
 from bayesian_lora.methods.temperature import TemperatureScaling, tempered, tempered_nll
-from tests.test_evaluate import _train, run_eval
+from tests.helpers import run_eval, train_run
 
 
 def tempered_model(t_true: float, n: int, c: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -53,7 +53,7 @@ def test_unknown_calibrator_lists_the_choices() -> None:
 
 @pytest.mark.slow
 def test_evaluate_with_calibrate_temperature(synthetic_data_dir: Path, tmp_path: Path) -> None:
-    run = _train(synthetic_data_dir, tmp_path / "map", "trainer.max_epochs=1")
+    run = train_run(synthetic_data_dir, tmp_path / "map", "trainer.max_epochs=1")
     result = run_eval(f"run_dir={run}", "calibrate=temperature", "ood=sst2", "plots=false")
     out = Path(result["out_dir"])
     assert out.name == "evaluation_temperature"
@@ -74,6 +74,6 @@ def test_evaluate_with_calibrate_temperature(synthetic_data_dir: Path, tmp_path:
 
 @pytest.mark.slow
 def test_calibrate_is_refused_on_regression(synthetic_data_dir: Path, tmp_path: Path) -> None:
-    run = _train(synthetic_data_dir, tmp_path / "stsb", "data=stsb", "trainer.max_epochs=1")
+    run = train_run(synthetic_data_dir, tmp_path / "stsb", "data=stsb", "trainer.max_epochs=1")
     with pytest.raises(ConfigError, match="stsb is a regression task"):
         run_eval(f"run_dir={run}", "calibrate=temperature")
