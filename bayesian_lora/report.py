@@ -1,4 +1,7 @@
-"""Aggregate a Hydra sweep: ``python -m bayesian_lora.report multirun/<sweep> [more ...] [--out DIR]``.
+"""Aggregate a Hydra sweep: ``python -m bayesian_lora.report sweep_dir=multirun/<sweep>``.
+
+Hydra overrides as for train and evaluate (``conf/report.yaml``): ``sweep_dirs=[<a>,<b>]`` for
+several folders, ``out_dir=``, ``plots=false``, ``diagnostics.rhat_threshold=`` ...
 
 Finds every run folder (``manifest.json`` + ``metrics.json``) under the given folders, groups runs
 whose saved ``config.yaml`` agree on everything but the seed (and paths), and writes
@@ -19,8 +22,6 @@ Accuracy, F1 and ECE are printed in percent (columns say ``(%)``); NLL in nats p
 
 from __future__ import annotations
 
-import argparse
-import csv
 import math
 import re
 import sys
@@ -29,14 +30,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import hydra
 import numpy as np
-from omegaconf import OmegaConf
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
 
 from bayesian_lora.callbacks.sample_store import (
     MANIFEST_FILE,
     SampleFileError,
     load_samples,
 )
+from bayesian_lora.config import CONFIG_DIR
+from bayesian_lora.config_validation import ConfigError
 from bayesian_lora.data.tasks import get_task
 from bayesian_lora.evaluation import plots as P
 from bayesian_lora.evaluation import runner as R
@@ -323,60 +328,78 @@ def used_columns(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, floa
     return [c for c in COLUMNS if any(f"{c[1]}_mean" in r for r in rows)]
 
 
-def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
+def results_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """The report table: one row per method, ``mean ± std`` cells in display units."""
     cols = used_columns(rows)
-    head = ["model", "task", "method", "n", *[c[0] for c in cols]]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        cells = [r["model"], r["task"], r["method"], str(r["n"])]
-        cells += [_cell(r, key, scale) for _, key, scale in cols]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    frame = pd.DataFrame(
+        {
+            "model": [r["model"] for r in rows],
+            "task": [r["task"] for r in rows],
+            "method": [r["method"] for r in rows],
+            "n": [r["n"] for r in rows],
+        }
+    )
+    for name, key, scale in cols:
+        frame[name] = [_cell(r, key, scale) for r in rows]
+    return frame
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    return str(results_frame(rows).to_markdown(index=False, tablefmt="pipe", disable_numparse=True))
+
+
+def diagnostics_frame(diags: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per (method, summary): chains, draws, R-hat, bulk and tail ESS, verdict."""
+    records = [
+        {
+            "model": d["model"],
+            "task": d["task"],
+            "method": d["method"],
+            "summary": name,
+            "chains": s["n_chains"],
+            "draws": s["n_draws"],
+            "R-hat": _num(s["rhat"], ".3f"),
+            "bulk ESS": _num(s["ess_bulk"], ".0f"),
+            "tail ESS": _num(s["ess_tail"], ".0f"),
+            "ok": "yes" if s["mixed"] else "**NO**",
+        }
+        for d in diags
+        for name, s in d["summaries"].items()
+    ]
+    return pd.DataFrame.from_records(records)
 
 
 def diagnostics_table(diags: Sequence[Mapping[str, Any]]) -> str:
-    head = "| model | task | method | summary | chains | draws | R-hat | bulk ESS | tail ESS | ok |"
-    lines = [head, "|" + "---|" * 10]
-    for d in diags:
-        for name, s in d["summaries"].items():
-            cells = [
-                d["model"],
-                d["task"],
-                d["method"],
-                name,
-                str(s["n_chains"]),
-                str(s["n_draws"]),
-                _num(s["rhat"], ".3f"),
-                _num(s["ess_bulk"], ".0f"),
-                _num(s["ess_tail"], ".0f"),
-                "yes" if s["mixed"] else "**NO**",
-            ]
-            lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    frame = diagnostics_frame(diags)
+    return str(frame.to_markdown(index=False, tablefmt="pipe", disable_numparse=True))
 
 
 def _num(x: float, spec: str) -> str:
     return format(x, spec) if x is not None and math.isfinite(x) else "NaN"
 
 
-def csv_rows(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
-    """Explicit units in the names: ``acc_pct_mean``, ``ece_pct_std``, ``nll_mean`` ..."""
-    cols = used_columns(rows)
-    names = ["model", "task", "method", "n", "seeds"]
-    out = []
-    for _, key, scale in cols:
+def csv_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """Numbers in explicit units: ``acc_pct_mean``, ``ece_pct_std``, ``nll_mean`` ...
+
+    A metric a row lacks is an empty cell (NaN).
+    """
+    frame = pd.DataFrame(
+        {
+            "model": [r["model"] for r in rows],
+            "task": [r["task"] for r in rows],
+            "method": [r["method"] for r in rows],
+            "n": [r["n"] for r in rows],
+            "seeds": [" ".join(map(str, r["seeds"])) for r in rows],
+        }
+    )
+    for _, key, scale in used_columns(rows):
         unit = "_pct" if scale != 1 else ""
-        names += [f"{key}{unit}_mean", f"{key}{unit}_std"]
-    for r in rows:
-        line: dict[str, Any] = {k: r[k] for k in ("model", "task", "method", "n")}
-        line["seeds"] = " ".join(map(str, r["seeds"]))
-        for _, key, scale in cols:
-            unit = "_pct" if scale != 1 else ""
-            for stat in ("mean", "std"):
-                v = r.get(f"{key}_{stat}")
-                line[f"{key}{unit}_{stat}"] = "" if v is None or not math.isfinite(v) else v * scale
-        out.append(line)
-    return names, out
+        for stat in ("mean", "std"):
+            values = [r.get(f"{key}_{stat}") for r in rows]
+            frame[f"{key}{unit}_{stat}"] = pd.to_numeric(
+                pd.Series([math.nan if v is None else v for v in values], dtype=float) * scale
+            )
+    return frame
 
 
 def slug(text: str) -> str:
@@ -417,7 +440,7 @@ def build_report(
     folders: Sequence[str | Path],
     out_dir: Path | None = None,
     probes: int = R.NUM_PROBES,
-    rhat_threshold: float = 1.05,
+    rhat_threshold: float = 1.01,
     ess_threshold: float = 100.0,
     plots: bool = True,
 ) -> dict[str, Any]:
@@ -469,11 +492,7 @@ def write_report(
 ) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.md").write_text(markdown_report(report, rows, diags))
-    names, lines = csv_rows(rows)
-    with (out_dir / "report.csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=names)
-        writer.writeheader()
-        writer.writerows(lines)
+    csv_frame(rows).to_csv(out_dir / "report.csv", index=False)
     R.write_json(out_dir / "report.json", report)
 
 
@@ -497,41 +516,92 @@ def markdown_report(
     return "\n\n".join(parts) + "\n"
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m bayesian_lora.report", description=__doc__.split("\n")[0]
-    )
-    p.add_argument("folders", nargs="+", help="sweep folder(s) (multirun/<sweep>) or run folders")
-    p.add_argument(
-        "--out", type=Path, default=None, help="output folder (default: the first folder)"
-    )
-    p.add_argument("--probes", type=int, default=R.NUM_PROBES, help="probe test examples traced")
-    p.add_argument("--rhat-threshold", type=float, default=1.05)
-    p.add_argument("--ess-threshold", type=float, default=100.0)
-    p.add_argument("--no-plots", action="store_true")
-    return p.parse_args(argv)
+#: The argparse flags of the old command line, and the overrides that replace them.
+LEGACY_FLAGS = {
+    "--out": "out_dir",
+    "--probes": "diagnostics.probes",
+    "--rhat-threshold": "diagnostics.rhat_threshold",
+    "--ess-threshold": "diagnostics.ess_threshold",
+}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        report = build_report(
-            args.folders,
-            args.out,
-            args.probes,
-            args.rhat_threshold,
-            args.ess_threshold,
-            plots=not args.no_plots,
+def legacy_usage(argv: Sequence[str]) -> str | None:
+    """The command in override syntax if ``argv`` uses the old positional/flag form, else None."""
+    folders, overrides, i = [], [], 0
+    while i < len(argv):
+        arg = argv[i]
+        flag, _, value = arg.partition("=")
+        if flag in LEGACY_FLAGS:
+            if not value and i + 1 < len(argv):
+                i, value = i + 1, argv[i + 1]
+            overrides.append(f"{LEGACY_FLAGS[flag]}={value or '<value>'}")
+        elif arg == "--no-plots":
+            overrides.append("plots=false")
+        elif not arg.startswith("-") and "=" not in arg:
+            folders.append(arg)
+        i += 1
+    if not folders and not overrides:
+        return None
+    if len(folders) == 1:
+        given = [f"sweep_dir={folders[0]}"]
+    else:
+        given = [f"'sweep_dirs=[{','.join(folders)}]'"] if folders else []
+    return (
+        "error: report takes Hydra overrides, as train and evaluate do (see conf/report.yaml):\n"
+        f"  python -m bayesian_lora.report {' '.join(given + overrides)}"
+    )
+
+
+def report_folders(cfg: DictConfig) -> list[str]:
+    """``sweep_dir`` (if given) then ``sweep_dirs``; refused when both are empty."""
+    folders = ([str(cfg.sweep_dir)] if cfg.get("sweep_dir") else []) + [
+        str(f) for f in cfg.get("sweep_dirs") or []
+    ]
+    if not folders:
+        raise ConfigError(
+            "sweep_dir is not set: give sweep_dir=multirun/<sweep> or 'sweep_dirs=[<a>,<b>]'"
         )
-    except (FileNotFoundError, SampleFileError) as err:
+    return folders
+
+
+def run_report(cfg: DictConfig) -> int:
+    """The report of ``cfg`` (conf/report.yaml) written and printed; 0, or 2 on an error."""
+    try:
+        folders = report_folders(cfg)
+        diag = cfg.diagnostics
+        report = build_report(
+            folders,
+            Path(cfg.out_dir) if cfg.get("out_dir") else None,
+            int(diag.probes),
+            float(diag.rhat_threshold),
+            float(diag.ess_threshold),
+            plots=bool(cfg.plots),
+        )
+    except (FileNotFoundError, SampleFileError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(markdown_table(report["rows"]))
     for d in report["diagnostics"]:
         print(f"{d['method']} ({d['model']}, {d['task']}): {d['verdict']}")
-    print(f"report written to {Path(args.out or args.folders[0]) / 'report.md'}")
+    print(f"report written to {Path(cfg.out_dir or folders[0]) / 'report.md'}")
     return 0
 
 
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="report")
+def _hydra_main(cfg: DictConfig) -> None:
+    code = run_report(cfg)
+    if code:
+        raise SystemExit(code)
+
+
+def main() -> None:
+    """``python -m bayesian_lora.report``: the old positional form is refused with a pointer."""
+    message = legacy_usage(sys.argv[1:])
+    if message:
+        print(message, file=sys.stderr)
+        raise SystemExit(2)
+    _hydra_main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

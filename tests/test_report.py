@@ -17,13 +17,15 @@ from hydra.core.global_hydra import GlobalHydra
 from bayesian_lora.evaluate import evaluate
 from bayesian_lora.report import (
     SweepRun,
+    _cell,
     build_report,
     find_run_folders,
     group_runs,
     load_run,
     main,
+    run_report,
 )
-from tests.helpers import compose_eval
+from tests.helpers import compose_config, compose_eval
 
 # The module fixture runs a 4-job sweep in-process (~5-10 s).
 pytestmark = pytest.mark.slow
@@ -67,6 +69,18 @@ def report(sweep: Path) -> dict[str, Any]:
     return build_report([sweep])
 
 
+def markdown_rows(text: str) -> list[list[str]]:
+    """The cells of the first markdown table in ``text`` (header first, no separator line)."""
+    lines: list[str] = []
+    for ln in text.splitlines():
+        if ln.startswith("|"):
+            lines.append(ln)
+        elif lines:
+            break
+    cells = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines]
+    return [c for c in cells if not all(set(x) <= set("-:") for x in c)]
+
+
 def _row(report: dict[str, Any], method: str) -> dict[str, Any]:
     return next(r for r in report["rows"] if r["method"] == method)
 
@@ -98,7 +112,11 @@ def test_table_has_mean_std_over_seeds_and_a_deep_ensemble_row(
     assert sgld["n"] == 2 and sgld["acc_mean"] == pytest.approx(np.mean(accs))
     assert sgld["acc_std"] == pytest.approx(np.std(accs, ddof=1))
     text = (sweep / "report.md").read_text()
-    assert "ece (%)" in text and "±" in text and "| deep_ensemble | 2 |" in text
+    assert "ece (%)" in text and "±" in text
+    table = markdown_rows(text)
+    assert table[0][:4] == ["model", "task", "method", "n"]
+    assert [r[2:4] for r in table[1:]] == [["map", "2"], ["deep_ensemble", "2"], ["sgld", "2"]]
+    assert table[3][table[0].index("ece (%)")] == _cell(sgld, "ece", 100.0)
     with (sweep / "report.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert [r["method"] for r in rows] == ["map", "deep_ensemble", "sgld"]
@@ -139,16 +157,63 @@ def test_ood_auroc_column_when_a_run_was_evaluated(sweep: Path, tmp_path: Path) 
     assert "ood auroc entropy" in text and "(n=1)" in text and "sst2" in text
 
 
-def test_command_line_prints_the_table(sweep: Path, tmp_path: Path, capsys: Any) -> None:
-    assert main([str(sweep), "--out", str(tmp_path), "--no-plots"]) == 0
+def _report_main(monkeypatch: pytest.MonkeyPatch, *argv: str) -> None:
+    """``python -m bayesian_lora.report <argv>`` in-process."""
+    monkeypatch.setattr(sys, "argv", ["report", *argv])
+    try:
+        main()
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def test_command_line_prints_the_table(
+    sweep: Path, tmp_path: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    _report_main(monkeypatch, f"sweep_dir={sweep}", f"out_dir={tmp_path / 'out'}", "plots=false")
     out = capsys.readouterr().out
-    assert "| model | task | method | n |" in out and "deep_ensemble" in out
-    assert (tmp_path / "report.md").is_file() and (tmp_path / "report.csv").is_file()
+    assert markdown_rows(out)[0][:4] == ["model", "task", "method", "n"] and "deep_ensemble" in out
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {
+        "report.md",
+        "report.csv",
+        "report.json",
+    }
+    assert [p.name for p in tmp_path.iterdir()] == ["out"], "no stray outputs/ or .hydra/"
+
+
+def test_old_positional_form_is_refused_with_the_override_to_use(
+    sweep: Path, tmp_path: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        _report_main(monkeypatch, str(sweep), "--out", str(tmp_path), "--no-plots")
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"python -m bayesian_lora.report sweep_dir={sweep} out_dir={tmp_path} plots=false" in err
+    assert not (tmp_path / "report.md").exists()
 
 
 def test_command_line_error_for_a_folder_without_runs(tmp_path: Path, capsys: Any) -> None:
-    assert main([str(tmp_path)]) == 2
+    assert run_report(compose_config("report", [f"sweep_dir={tmp_path}"])) == 2
     assert "no run folders" in capsys.readouterr().err
+    assert run_report(compose_config("report")) == 2
+    assert "sweep_dir is not set" in capsys.readouterr().err
+
+
+def test_several_sweep_dirs_make_one_report(sweep: Path, tmp_path: Path) -> None:
+    cfg = compose_config(
+        "report",
+        [
+            f"sweep_dirs=[{sweep}/0_tiny_mrpc_map_s0,{sweep}/1_tiny_mrpc_map_s1]",
+            f"out_dir={tmp_path}",
+        ],
+    )
+    assert cfg.diagnostics.rhat_threshold == 1.01
+    assert run_report(cfg) == 0
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["num_runs"] == 2 and [r["method"] for r in saved["rows"]] == [
+        "map",
+        "deep_ensemble",
+    ]
 
 
 def test_groups_split_by_config_and_name_what_differs() -> None:
