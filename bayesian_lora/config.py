@@ -22,6 +22,7 @@ from bayesian_lora.callbacks.sample_collector import SampleCollector
 from bayesian_lora.callbacks.sample_store import library_versions, read_manifest
 from bayesian_lora.data.datamodule import TextClassificationDataModule
 from bayesian_lora.data.tasks import get_task
+from bayesian_lora.methods.swag import SWAGCollector
 from bayesian_lora.models.lora import (
     ModelSettings,
     build_lora_model,
@@ -257,7 +258,7 @@ def build_trainer(
     plan: ChainPlan | None,
     manifest: dict[str, Any],
     loggers: list[Any],
-) -> tuple[L.Trainer, SampleCollector | None]:
+) -> tuple[L.Trainer, SampleCollector | SWAGCollector | None]:
     cb = cfg.callbacks
     ckpt_dir = run_dir / CHECKPOINT_DIR
     overrides: dict[str, Any] = {"logger": loggers or False}
@@ -279,9 +280,7 @@ def build_trainer(
             ),
         ]
     else:
-        collector = SampleCollector(
-            run_dir, plan, manifest, flush_every=int(cb.samples.flush_every)
-        )
+        collector = build_collector(cfg, run_dir, plan, manifest)
         callbacks = [
             collector,
             ModelCheckpoint(
@@ -297,6 +296,25 @@ def build_trainer(
         overrides.update(max_steps=plan.total_steps() + retries, max_epochs=-1, min_epochs=0)
     trainer = instantiate(cfg.trainer, callbacks=callbacks, **overrides)
     return trainer, collector
+
+
+def build_collector(
+    cfg: DictConfig, run_dir: Path, plan: ChainPlan, manifest: dict[str, Any]
+) -> SampleCollector | SWAGCollector:
+    """What a chain keeps at its kept steps: the iterates, or SWAG's moments (``sampler.swag``)."""
+    flush_every = int(cfg.callbacks.samples.flush_every)
+    swag = cfg.sampler.get("swag")
+    if swag is None:
+        return SampleCollector(run_dir, plan, manifest, flush_every=flush_every)
+    return SWAGCollector(
+        run_dir,
+        plan,
+        manifest,
+        rank=int(swag.rank),
+        num_draws=int(swag.num_draws),
+        draw_seed=int(cfg.seed) + int(swag.draw_seed),
+        flush_every=flush_every,
+    )
 
 
 def load_run_config(run_dir: str | Path) -> DictConfig:

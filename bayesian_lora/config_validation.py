@@ -150,6 +150,16 @@ CHAIN_RULES: list[Rule] = [
     ("sampler.max_steps", _optional(_int(1))),
 ]
 
+#: sampler=swag (a chain config with a ``swag`` block, see bayesian_lora/methods/swag.py)
+SWAG_RULES: list[Rule] = [
+    (
+        "sampler.swag.rank",
+        _note(_int(1), "K, the number of deviations kept (>= 2 for the low rank)"),
+    ),
+    ("sampler.swag.num_draws", _note(_int(1), "parameters drawn into the sample stack")),
+    ("sampler.swag.draw_seed", _int(0)),
+]
+
 MAP_RULES: list[Rule] = [
     ("sampler.lr", _note(POSITIVE, "AdamW learning rate")),
     ("sampler.weight_decay", NON_NEGATIVE),
@@ -311,6 +321,11 @@ def _check_chain(cfg: DictConfig, errors: list[str]) -> None:
     what = f"sampler {algorithm}'s hparams"
     present = _check_unknown(cfg, "sampler.hparams", sorted(checks), what, errors)
     _apply(cfg, [(f"sampler.hparams.{k}", checks[k]) for k in present], errors)
+    if _get(cfg, "sampler.swag") not in (_MISSING, None):
+        _check_unknown(
+            cfg, "sampler.swag", ("rank", "num_draws", "draw_seed"), "sampler.swag", errors
+        )
+        _apply(cfg, SWAG_RULES, errors)
     _check_schedule(cfg, errors)
     if len(errors) == before:
         _check_steps(cfg, errors)

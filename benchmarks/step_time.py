@@ -4,6 +4,8 @@
 
 Targets (issue "Samplers"): SGLD, pSGLD, ASGLD, SGHMC within 1.05x of AdamW; SAM variants
 within 2.1x (two forward/backward passes); the sample-collection copy under 1% of a step.
+Issue "methods": a SWAG step (SGD + collecting the float64 moments and a rank-20 deviation,
+timed here at every step, the worst case ``thin=1``) within 1.05x of AdamW.
 Optimizers are timed round-robin (one block of steps each, repeated) so that drifting machine
 load hits all of them alike; the table reports the median block.
 """
@@ -19,6 +21,7 @@ import torch
 from omegaconf import OmegaConf
 
 from bayesian_lora.config import CONFIG_DIR
+from bayesian_lora.methods.swag import SWAGMoments
 from bayesian_lora.models.lora import ModelSettings, build_lora_model, sampled_parameters
 from bayesian_lora.samplers import SAMPLERS
 
@@ -98,6 +101,13 @@ def main() -> None:
 
     opts = make_optimizers(params, num_data=10_000)
     steps = {name: (lambda o=opt: o.step(closure)) for name, opt in opts.items()}
+    moments, named = SWAGMoments(rank=20), sampled_parameters(model)
+
+    def swag_step() -> None:  # SGD step, then collection (SWAGCollector at a kept step)
+        opts["sgd"].step(closure)
+        moments.collect(named)
+
+    steps["swag (collect every step)"] = swag_step
     for step in steps.values():  # warm-up: allocator, optimizer state
         step()
     times: dict[str, list[float]] = {name: [] for name in steps}

@@ -84,7 +84,7 @@ BAD = [
     ("data=stsb data.obs_std=0", "data.obs_std", "0", "a number > 0"),
     # sampler: name, algorithm, common chain keys
     ("sampler.name=langevin", "sampler.name", "'langevin'", "one of map, asgld, psgld"),
-    ("sampler=csgld sampler.algorithm=sgd", "sampler.algorithm", "'sgd'", "one of asgld, psgld"),
+    ("sampler=csgld sampler.algorithm=sgdm", "sampler.algorithm", "'sgdm'", "one of asgld, psgld"),
     ("sampler=sgld sampler.lr=0", "sampler.lr", "0", "a number > 0 (step size eta)"),
     (
         "sampler=sgld sampler.temperature=-1",

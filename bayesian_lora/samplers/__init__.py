@@ -20,6 +20,7 @@ gradients, computes ``u``, calls ``backward()`` and returns ``u``. With step siz
 * ``SAMSGLDRank1``: as SAMSGLD with noise sqrt(2 eta T / N) (xi + s (d.xi) d), d the global
   unit vector of grad u(theta + e)
 * ``SGHMC``:  v <- (1-alpha) v - eta grad u + sqrt(2 alpha eta T / N) xi;  theta <- theta + v
+* ``SGD``:    theta <- theta - eta grad u  (no noise: the iterates SWAG collects)
 
 ``step(closure)`` returns the loss of the first closure call; ``noise_enabled = False`` makes
 every step its pure drift; ``state_dict()`` carries the generator state under
@@ -38,6 +39,7 @@ from bayesian_lora.samplers.schedules import (
     StepSizeSchedule,
     build_schedule,
 )
+from bayesian_lora.samplers.sgd import SGD
 from bayesian_lora.samplers.sghmc import SGHMC
 from bayesian_lora.samplers.sgld import SGLD
 
@@ -48,6 +50,7 @@ SAMPLERS: dict[str, type[LangevinSampler]] = {
     "sam_sgld": SAMSGLD,
     "sam_sgld_r1": SAMSGLDRank1,
     "sghmc": SGHMC,
+    "sgd": SGD,
 }
 
 __all__ = [
@@ -55,6 +58,7 @@ __all__ = [
     "PSGLD",
     "SAMPLERS",
     "SAMSGLD",
+    "SGD",
     "SGHMC",
     "SGLD",
     "ChainPlan",
