@@ -1,0 +1,341 @@
+r"""Laplace-LoRA (Yang et al., 2024): a Gaussian at a MAP run's LoRA + head parameters.
+
+``python -m bayesian_lora.methods.laplace run_dir=<MAP run> [structure=kron|diag]
+[prior_precision=marglik|val_nll|<number>] [num_samples=20]`` writes a new run folder whose
+sample stack holds draws from the Laplace posterior (so evaluate, report and pooling work
+unchanged) and whose ``laplace.safetensors`` holds its parameters.
+
+Model. theta* = the MAP's sampled parameters (every one belongs to an ``nn.Linear``: LoRA A, LoRA
+B, the head); N training examples; prior N(0, delta^-1 I) (the run's delta = 1 / prior_std^2).
+The posterior is approximated by N(theta*, P^-1) with
+
+    P = H + delta I,   H = sum_i J_i^T Lambda_i J_i        (generalised Gauss-Newton)
+
+J_i the Jacobian of example i's outputs f_i (logits or means) w.r.t. theta, Lambda_i the
+Hessian of -log p(y_i | f_i) w.r.t. f_i: ``diag(p) - p p^T`` for the softmax (factored exactly as
+``sum_c s_c s_c^T``, ``s_c = sqrt(p_c) (e_c - p)``: C backward passes per batch) and ``I / s^2``
+for a Gaussian with noise s (``data.obs_std``). Dropout is off. Two structures of H per linear
+layer y_t = W a_t (+ b) applied at positions t (tokens), with the bias as a last input column:
+
+* ``diag``: the exact diagonal of H, from per-example gradients ``sum_t g_t a_t^T``.
+* ``kron`` (KFAC, the "reduce" flavour for weight sharing over tokens): with
+  ``abar_i = mean over the real (attention-mask) tokens of a_it`` and
+  ``g_ic = sum_t g_itc`` (the output gradient of backward pass c),
+  ``A = sum_i abar_i abar_i^T``, ``G = sum_{i,c} g_ic g_ic^T`` and ``H_layer ~ (G kron A) / N``
+  in the row-major order of W. Exact when the inputs do not vary over positions (the head, and
+  a linear model). Layers are independent (block diagonal).
+
+With eigendecompositions A = U_A diag(a) U_A^T and G = U_G diag(g) U_G^T, ``P_layer`` has the
+eigenvalues ``L_oi = g_o a_i / N + delta``; a draw is ``W = W* + U_G (Z / sqrt L) U_A^T``,
+Z ~ N(0, 1). ``diag`` draws ``theta* + z / sqrt(h + delta)``.
+
+Prior precision. The Laplace estimate of the log evidence at theta* (D parameters),
+
+    log Z(delta) = log p(D | theta*) - delta ||theta*||^2 / 2 + (D / 2) log delta - (1/2) log det P,
+
+is concave in delta (its derivative ``-||theta*||^2 / 2 + (1/2) sum_k h_k / (delta (h_k + delta))``
+decreases), so ``prior_precision=marglik`` maximises it by a bounded Brent search on log delta.
+For a linear model with Gaussian noise and theta* the exact posterior mean, Laplace is exact
+(mean, covariance and evidence), which ``tests/test_laplace.py`` checks. ``val_nll`` instead
+picks, from a grid, the delta whose draws give the lowest validation NLL. theta* is not refitted
+for the chosen delta (as in laplace-torch's post-hoc use). The GLM (linearised) predictive is not
+implemented: evaluate uses the MC predictive of the drawn samples.
+
+laplace-torch 0.3 and curvlinops-for-pytorch 3.0.1 were not used: installing either from PyPI
+here pulls torch 2.14.1 with the CUDA 13 wheels and torchvision (``pip install --dry-run``),
+replacing the torch<2.14 CPU build this project pins; so the diagonal and KFAC GGN are computed
+here with forward/backward hooks on the ``nn.Linear`` modules.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from scipy.optimize import minimize_scalar
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+
+Structure = Literal["diag", "kron"]
+STRUCTURES = ("diag", "kron")
+LAPLACE_FILE = "laplace.safetensors"
+
+
+@dataclass
+class LinearBlock:
+    """The sampled weight (and bias) of one ``nn.Linear``; its curvature statistics."""
+
+    module: nn.Linear
+    weight: str
+    bias: str | None
+    diag_w: Tensor | None = None  # [out, in]
+    diag_b: Tensor | None = None  # [out]
+    A: Tensor | None = None  # [in (+1), in (+1)]
+    G: Tensor | None = None  # [out, out]
+    _a: Tensor | None = None  # current batch's inputs [B, T, in]
+    _abar: Tensor | None = None  # current batch's reduced inputs [B, in (+1)]
+
+    @property
+    def names(self) -> list[str]:
+        return [self.weight] + ([self.bias] if self.bias else [])
+
+
+def linear_blocks(root: nn.Module, params: Mapping[str, Tensor]) -> list[LinearBlock]:
+    """Group the sampled parameters by their ``nn.Linear`` (clear error for anything else)."""
+    modules = dict(root.named_modules())
+    blocks: dict[str, LinearBlock] = {}
+    for name in params:
+        parent, _, leaf = name.rpartition(".")
+        module = modules.get(parent)
+        if not isinstance(module, nn.Linear) or leaf not in ("weight", "bias"):
+            raise ValueError(
+                f"Laplace needs every sampled parameter to be the weight or bias of an nn.Linear; "
+                f"{name} is not (module {type(module).__name__})"
+            )
+        block = blocks.setdefault(parent, LinearBlock(module, f"{parent}.weight", None))
+        if leaf == "bias":
+            block.bias = name
+    for block in blocks.values():
+        if block.weight not in params:
+            raise ValueError(f"{block.weight} is not sampled but its bias is; Laplace needs both")
+    return list(blocks.values())
+
+
+def ggn_factors(outputs: Tensor, labels: Tensor, likelihood: str, obs_std: float) -> Tensor:
+    """``S`` ``[B, K, K']`` with ``Lambda_i = S_i S_i^T`` (the NLL's Hessian in the outputs)."""
+    if likelihood == "classification":
+        p = outputs.detach().double().softmax(-1)  # [B, C]
+        eye = torch.eye(p.shape[1], dtype=p.dtype, device=p.device)
+        return (eye[None] - p[:, :, None]) * p.sqrt()[:, None, :]  # column c: sqrt(p_c)(e_c - p)
+    k = 1 if outputs.dim() == 1 else outputs.shape[1]
+    eye = torch.eye(k, dtype=torch.float64, device=outputs.device) / obs_std
+    return eye.expand(outputs.shape[0], k, k)
+
+
+@dataclass
+class Curvature:
+    """GGN statistics of the training data at theta* (``fit_curvature``'s result)."""
+
+    structure: Structure
+    blocks: list[LinearBlock]
+    theta: dict[str, Tensor]  # theta* (float64, CPU)
+    num_data: int
+    log_likelihood: float  # sum_i log p(y_i | x_i, theta*)
+    backward_passes: int
+    seconds: float
+    eig: dict[str, tuple[Tensor, Tensor, Tensor, Tensor]] = field(default_factory=dict)
+
+    @property
+    def num_params(self) -> int:
+        return sum(t.numel() for t in self.theta.values())
+
+    def eigen(self) -> None:
+        """Eigendecompose every block's A and G once (kron)."""
+        if self.structure != "kron" or self.eig:
+            return
+        for b in self.blocks:
+            assert b.A is not None and b.G is not None
+            a, ua = torch.linalg.eigh(b.A)
+            g, ug = torch.linalg.eigh(b.G)
+            self.eig[b.weight] = (a.clamp_min(0), ua, g.clamp_min(0), ug)
+
+    def curvature_eigenvalues(self) -> Tensor:
+        """All eigenvalues h_k of H (diag: its diagonal; kron: g_o a_i / N per block)."""
+        if self.structure == "diag":
+            parts = []
+            for b in self.blocks:
+                assert b.diag_w is not None
+                parts.append(b.diag_w.flatten())
+                if b.diag_b is not None:
+                    parts.append(b.diag_b.flatten())
+            return torch.cat(parts)
+        self.eigen()
+        return torch.cat(
+            [torch.outer(g, a).flatten() / self.num_data for a, _, g, _ in self.eig.values()]
+        )
+
+
+def fit_curvature(
+    forward: Callable[[dict[str, Tensor]], Tensor],
+    root: nn.Module,
+    params: Mapping[str, Tensor],
+    batches: Iterable[dict[str, Tensor]],
+    nll: Callable[[Tensor, Tensor], Tensor],
+    likelihood: str,
+    structure: Structure = "kron",
+    obs_std: float = 1.0,
+) -> Curvature:
+    """One pass over ``batches``: GGN diagonal or KFAC factors of every linear block.
+
+    ``forward(batch)`` gives outputs ``[B, K]`` (or ``[B]``); ``nll(outputs, labels)`` the
+    per-example NLL; ``batches`` hold ``labels`` (and ``attention_mask`` for token inputs).
+    """
+    if structure not in STRUCTURES:
+        raise ValueError(f"structure={structure!r} is not allowed: one of {', '.join(STRUCTURES)}")
+    start = time.perf_counter()
+    blocks = linear_blocks(root, params)
+    mask: list[Tensor | None] = [None]
+    handles = []
+    for block in blocks:
+        handles.append(block.module.register_forward_hook(_forward_hook(block, mask, structure)))
+    n, loglik, passes = 0, 0.0, 0
+    try:
+        for batch in batches:
+            mask[0] = batch.get("attention_mask")
+            outputs = forward(batch)
+            loglik -= float(nll(outputs.detach(), batch["labels"]).double().sum())
+            factors = ggn_factors(outputs, batch["labels"], likelihood, obs_std)
+            flat = outputs if outputs.dim() == 2 else outputs[:, None]
+            for c in range(factors.shape[2]):
+                s = factors[:, :, c].to(flat.dtype)
+                torch.autograd.backward((flat * s).sum(), retain_graph=c < factors.shape[2] - 1)
+                passes += 1
+            n += int(batch["labels"].shape[0])
+    finally:
+        for h in handles:
+            h.remove()
+        for p in params.values():
+            p.grad = None
+    theta = {name: p.detach().double().cpu().clone() for name, p in params.items()}
+    for b in blocks:
+        b._a = b._abar = None
+    return Curvature(structure, blocks, theta, n, loglik, passes, time.perf_counter() - start)
+
+
+def _forward_hook(block: LinearBlock, mask: list[Tensor | None], structure: Structure) -> Any:
+    """Store the layer's input; register a hook on its output that accumulates the statistics."""
+
+    def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+        a = inputs[0].detach()
+        a = a[:, None] if a.dim() == 2 else a  # [B, T, in]
+        block._a = a
+        if structure == "kron":
+            m = mask[0]
+            if m is not None and m.dim() == 2 and m.shape == a.shape[:2]:
+                w = m.to(a.dtype)[:, :, None]
+                abar = (a * w).sum(1) / w.sum(1).clamp_min(1)
+            else:
+                abar = a.mean(1)
+            abar = abar.double()
+            if block.bias is not None:
+                abar = torch.cat([abar, torch.ones_like(abar[:, :1])], dim=1)
+            block._abar = abar
+            stat = abar.T @ abar
+            block.A = stat if block.A is None else block.A + stat
+            # A is accumulated once per forward (not per backward pass)
+        if output.requires_grad:
+            output.register_hook(lambda g: _accumulate(block, g, structure))
+
+    return hook
+
+
+def _accumulate(block: LinearBlock, grad: Tensor, structure: Structure) -> None:
+    g = grad.detach()
+    g = g[:, None] if g.dim() == 2 else g  # [B, T, out]
+    if structure == "kron":
+        gsum = g.sum(1).double()
+        stat = gsum.T @ gsum
+        block.G = stat if block.G is None else block.G + stat
+        return
+    assert block._a is not None
+    per_example = torch.einsum("bto,bti->boi", g, block._a).double()
+    sq = per_example.pow(2).sum(0)
+    block.diag_w = sq if block.diag_w is None else block.diag_w + sq
+    if block.bias is not None:
+        sqb = g.sum(1).double().pow(2).sum(0)
+        block.diag_b = sqb if block.diag_b is None else block.diag_b + sqb
+
+
+@dataclass
+class LaplacePosterior:
+    """N(theta*, (H + delta I)^-1) from a :class:`Curvature`."""
+
+    curvature: Curvature
+    prior_precision: float
+
+    def log_det_precision(self, delta: float | None = None) -> float:
+        d = self.prior_precision if delta is None else delta
+        return float(torch.log(self.curvature.curvature_eigenvalues() + d).sum())
+
+    def log_marglik(self, delta: float | None = None) -> float:
+        """Laplace's log evidence at theta* for prior precision ``delta``."""
+        d = self.prior_precision if delta is None else float(delta)
+        c = self.curvature
+        sq = float(sum(t.pow(2).sum() for t in c.theta.values()))
+        return (
+            c.log_likelihood
+            - 0.5 * d * sq
+            + 0.5 * c.num_params * math.log(d)
+            - 0.5 * self.log_det_precision(d)
+        )
+
+    def optimize_prior_precision(self, low: float = 1e-6, high: float = 1e8) -> float:
+        """Maximise :meth:`log_marglik` over delta (concave: one maximum); sets and returns it."""
+        res = minimize_scalar(
+            lambda x: -self.log_marglik(math.exp(x)),
+            bounds=(math.log(low), math.log(high)),
+            method="bounded",
+            options={"xatol": 1e-8},
+        )
+        self.prior_precision = float(math.exp(res.x))
+        return self.prior_precision
+
+    @torch.no_grad()
+    def sample(self, num: int, generator: torch.Generator) -> dict[str, Tensor]:
+        """``num`` draws ``[num, *shape]`` per parameter (float64, CPU generator)."""
+        c, d = self.curvature, self.prior_precision
+        c.eigen()
+        out: dict[str, Tensor] = {}
+        for b in c.blocks:
+            w = c.theta[b.weight]
+            if c.structure == "diag":
+                assert b.diag_w is not None
+                z = torch.randn((num, *w.shape), generator=generator, dtype=torch.float64)
+                out[b.weight] = w + z / (b.diag_w + d).sqrt()
+                if b.bias is not None:
+                    assert b.diag_b is not None
+                    bias = c.theta[b.bias]
+                    zb = torch.randn((num, *bias.shape), generator=generator, dtype=torch.float64)
+                    out[b.bias] = bias + zb / (b.diag_b + d).sqrt()
+                continue
+            a, ua, g, ug = c.eig[b.weight]
+            scale = (torch.outer(g, a) / c.num_data + d).rsqrt()  # [out, in (+1)]
+            z = torch.randn((num, *scale.shape), generator=generator, dtype=torch.float64)
+            delta_w = ug @ (z * scale) @ ua.T  # [num, out, in (+1)]
+            if b.bias is not None:
+                out[b.weight] = w + delta_w[:, :, :-1]
+                out[b.bias] = c.theta[b.bias] + delta_w[:, :, -1]
+            else:
+                out[b.weight] = w + delta_w
+        return out
+
+    def covariance(self) -> Tensor:
+        """The dense covariance (small models only), blocks in order, each block's row-major
+        weight followed by its bias."""
+        c, d = self.curvature, self.prior_precision
+        c.eigen()
+        parts: list[Tensor] = []
+        for b in c.blocks:
+            if c.structure == "diag":
+                assert b.diag_w is not None
+                h = b.diag_w.flatten()
+                if b.bias is not None:
+                    assert b.diag_b is not None
+                    h = torch.cat([h, b.diag_b])
+                parts.append(torch.diag(1 / (h + d)))
+                continue
+            a, ua, g, ug = c.eig[b.weight]
+            u = torch.kron(ug.contiguous(), ua.contiguous())
+            cov = u @ torch.diag(1 / (torch.outer(g, a).flatten() / c.num_data + d)) @ u.T
+            if b.bias is not None:  # rows of [W | b] -> all of W, then b
+                idx = torch.arange(g.numel() * a.numel()).view(g.numel(), a.numel())
+                order = torch.cat([idx[:, :-1].flatten(), idx[:, -1]])
+                cov = cov[order][:, order]
+            parts.append(cov)
+        return torch.block_diag(*parts)
