@@ -17,9 +17,7 @@ import bayesian_lora.train as train_module
 from bayesian_lora.callbacks.sample_store import load_samples
 from bayesian_lora.config_validation import ConfigError, validate_config
 from bayesian_lora.methods.swag import SWAG_FILE, SWAGMoments
-from tests.test_evaluate import run_eval
-from tests.test_faults import AtStep, inject
-from tests.test_train import compose_train, smoke_overrides
+from tests.helpers import AtStep, compose_train, inject, run_eval, smoke_overrides
 
 SWAG = [
     "data=mrpc",
