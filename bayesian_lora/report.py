@@ -44,8 +44,25 @@ from bayesian_lora.config import CONFIG_DIR
 from bayesian_lora.config_validation import ConfigError
 from bayesian_lora.data.tasks import get_task
 from bayesian_lora.evaluation import plots as P
-from bayesian_lora.evaluation import runner as R
+from bayesian_lora.evaluation.chains import (
+    LORA_NORM,
+    NUM_PROBES,
+    diagnose_chains,
+    diagnostics_verdict,
+    function_space_summaries,
+    probe_indices,
+)
 from bayesian_lora.evaluation.metrics import ensemble_metrics
+from bayesian_lora.evaluation.results import lora_norms
+from bayesian_lora.evaluation.write import (
+    EVALUATION_DIR,
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    json_load,
+    load_predictions,
+    write_diagnostic_plots,
+    write_json,
+)
 
 # Config keys that differ between seeds of one configuration, or only say where things are.
 IGNORED = (
@@ -117,7 +134,7 @@ class Group:
 
 
 def is_run_folder(path: Path) -> bool:
-    return (path / MANIFEST_FILE).is_file() and (path / R.METRICS_FILE).is_file()
+    return (path / MANIFEST_FILE).is_file() and (path / METRICS_FILE).is_file()
 
 
 def find_run_folders(folders: Sequence[str | Path]) -> list[Path]:
@@ -135,7 +152,7 @@ def find_run_folders(folders: Sequence[str | Path]) -> list[Path]:
     found = list(dict.fromkeys(found))
     if not found:
         raise FileNotFoundError(
-            f"no run folders (with {MANIFEST_FILE} and {R.METRICS_FILE}) under "
+            f"no run folders (with {MANIFEST_FILE} and {METRICS_FILE}) under "
             f"{', '.join(map(str, folders))}"
         )
     return found
@@ -155,10 +172,10 @@ def load_run(path: Path) -> SweepRun:
             f"{config_path} is missing (not a run folder of bayesian_lora.train)"
         )
     config = OmegaConf.to_container(OmegaConf.load(config_path), resolve=False)
-    metrics = dict(R.json_load(path / R.METRICS_FILE).get("ensemble", {}))
-    evaluation = path / R.EVALUATION_DIR / R.METRICS_FILE
+    metrics = dict(json_load(path / METRICS_FILE).get("ensemble", {}))
+    evaluation = path / EVALUATION_DIR / METRICS_FILE
     if evaluation.is_file():
-        ood = R.json_load(evaluation).get("ood")
+        ood = json_load(evaluation).get("ood")
         if ood:
             metrics["ood_auroc_entropy"] = ood["entropy"]["auroc"]
             metrics["ood_auroc_mi"] = ood["mutual_information"]["auroc"]
@@ -252,7 +269,7 @@ def deep_ensemble_row(group: Group) -> tuple[dict[str, Any] | None, str | None]:
     arrays = []
     for run in group.runs:
         try:
-            arrays.append(R.load_predictions(run.path / R.PREDICTIONS_FILE))
+            arrays.append(load_predictions(run.path / PREDICTIONS_FILE))
         except SampleFileError as err:
             return None, f"deep ensemble of {group.label} skipped: {err}"
     labels = arrays[0]["labels"]
@@ -280,18 +297,16 @@ def deep_ensemble_row(group: Group) -> tuple[dict[str, Any] | None, str | None]:
 
 def run_chain_summaries(run: SweepRun, probes: int) -> dict[str, np.ndarray]:
     """Function-space summaries per kept sample, from the run's saved predictions."""
-    arrays = R.load_predictions(run.path / R.PREDICTIONS_FILE)
+    arrays = load_predictions(run.path / PREDICTIONS_FILE)
     preds, labels = arrays["predictions"].astype(np.float64), arrays["labels"]
     task = get_task(run.task)
     obs = float(run.config["data"].get("obs_std", 0.5))
-    summary = R.function_space_summaries(
-        preds, labels, task, obs, R.probe_indices(len(labels), probes)
-    )
+    summary = function_space_summaries(preds, labels, task, obs, probe_indices(len(labels), probes))
     try:
         samples, _ = load_samples(run.path)
-        norms = R.lora_norms(samples)
+        norms = lora_norms(samples)
         if norms.size:
-            summary[R.LORA_NORM] = norms
+            summary[LORA_NORM] = norms
     except SampleFileError:
         pass  # the function-space summaries still stand
     return summary
@@ -302,8 +317,8 @@ def group_diagnostics(group: Group, probes: int, rhat: float, ess: float) -> dic
     if group.first.sampler == "map" or len(group.runs) < 2:
         return None
     chains = [run_chain_summaries(r, probes) for r in group.runs]
-    diag = R.diagnose_chains(chains, rhat, ess)
-    diag["verdict"] = R.diagnostics_verdict(diag)
+    diag = diagnose_chains(chains, rhat, ess)
+    diag["verdict"] = diagnostics_verdict(diag)
     diag["method"], diag["model"], diag["task"] = group.label, group.first.model, group.first.task
     return diag
 
@@ -427,7 +442,7 @@ def run_notes(folders: Sequence[str | Path], runs: Sequence[SweepRun]) -> list[s
     unfinished = unfinished_run_folders(folders)
     if unfinished:
         notes.append(
-            f"skipped {len(unfinished)} run folder(s) without {R.METRICS_FILE} (unfinished, or "
+            f"skipped {len(unfinished)} run folder(s) without {METRICS_FILE} (unfinished, or "
             f"trained with evaluate_on_fit_end=false): {', '.join(p.name for p in unfinished)}"
         )
     ood_tasks = sorted({str(r.metrics["ood_task"]) for r in runs if "ood_task" in r.metrics})
@@ -439,7 +454,7 @@ def run_notes(folders: Sequence[str | Path], runs: Sequence[SweepRun]) -> list[s
 def build_report(
     folders: Sequence[str | Path],
     out_dir: Path | None = None,
-    probes: int = R.NUM_PROBES,
+    probes: int = NUM_PROBES,
     rhat_threshold: float = 1.01,
     ess_threshold: float = 100.0,
     plots: bool = True,
@@ -480,7 +495,7 @@ def write_plots(
             paths.append(P.comparison_plot(sub, path, metrics, title=f"{model} on {task}"))
     for d in diags:
         prefix = f"{slug(d['model'])}_{slug(d['task'])}_{slug(d['method'])}_"
-        paths += R.write_diagnostic_plots(out_dir, d, prefix)
+        paths += write_diagnostic_plots(out_dir, d, prefix)
     return paths
 
 
@@ -493,7 +508,7 @@ def write_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.md").write_text(markdown_report(report, rows, diags))
     csv_frame(rows).to_csv(out_dir / "report.csv", index=False)
-    R.write_json(out_dir / "report.json", report)
+    write_json(out_dir / "report.json", report)
 
 
 def markdown_report(

@@ -29,7 +29,7 @@ from bayesian_lora.config import (
     resolve_resume,
 )
 from bayesian_lora.config_validation import validate_config
-from bayesian_lora.evaluation.runner import evaluate_module_on_test
+from bayesian_lora.evaluation.predict import evaluate_module_on_test
 
 log = logging.getLogger("bayesian_lora.train")
 

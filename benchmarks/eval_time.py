@@ -4,7 +4,7 @@
     python benchmarks/eval_time.py --model minilm --data-dir ../shared/data --task mrpc
 
 Target: ensemble@20 within 1.10x of 20 x one forward pass. The ensemble is timed through
-``bayesian_lora.evaluate.predict_members`` (samples moved to the device, each swapped into the
+``bayesian_lora.evaluation.predict.predict_members`` (samples moved to the device, each swapped into the
 sampled parameters in place, one pass over the cached tokenised test batches, predictions back on
 the host); the baseline is ``predict_once`` S times on the same model and cached batches, with no
 swap. Model and batches are built once, as evaluate does. Fake samples are random perturbations
@@ -27,8 +27,8 @@ from omegaconf import DictConfig
 
 from bayesian_lora.config import CONFIG_DIR
 from bayesian_lora.data.tasks import get_task
-from bayesian_lora.evaluate import build_eval_batches, predict_members, resolve_device
 from bayesian_lora.evaluation.ensemble import predict_once
+from bayesian_lora.evaluation.predict import build_eval_batches, predict_members, resolve_device
 from bayesian_lora.models.lora import ModelSettings, build_lora_model
 from bayesian_lora.models.module import BayesianLoRAModule
 
@@ -37,7 +37,9 @@ TARGET = 1.10
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="tiny", help="a bayesian_lora/conf/model option (tiny, minilm, ...)")
+    p.add_argument(
+        "--model", default="tiny", help="a bayesian_lora/conf/model option (tiny, minilm, ...)"
+    )
     p.add_argument("--task", default="mrpc")
     p.add_argument("--data-dir", default=None, help="Hub-layout data root; default: synthetic")
     p.add_argument("--samples", type=int, default=20, help="ensemble size S")

@@ -17,18 +17,12 @@ from hydra.core.global_hydra import GlobalHydra
 from bayesian_lora.callbacks.sample_store import SampleFileError, load_samples
 from bayesian_lora.config import load_run_config
 from bayesian_lora.config_validation import ConfigError
-from bayesian_lora.evaluate import (
-    ManifestMismatchError,
-    allocate,
-    build_eval_batches,
-    build_eval_module,
-    eval_run_config,
-    open_run,
-    select_members,
-    spaced_indices,
-)
+from bayesian_lora.evaluate import ManifestMismatchError, open_run
 from bayesian_lora.evaluation.ensemble import predict_once, predict_samples
-from bayesian_lora.evaluation.runner import evaluate_predictions, load_predictions
+from bayesian_lora.evaluation.members import allocate, select_members, spaced_indices
+from bayesian_lora.evaluation.predict import build_eval_batches, build_eval_module, eval_run_config
+from bayesian_lora.evaluation.results import evaluate_predictions
+from bayesian_lora.evaluation.write import load_predictions
 from bayesian_lora.models.lora import ModelSettings, build_lora_model
 from tests.helpers import CHAIN as SHORT_CHAIN
 from tests.helpers import compose_config, run_eval, train_run
