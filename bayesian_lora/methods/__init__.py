@@ -12,7 +12,7 @@ draws (see :mod:`bayesian_lora.methods.posterior`). Calibrators act on the predi
 |---|---|---|
 | ``temperature`` | calibration | ``python -m bayesian_lora.evaluate run_dir=... calibrate=temperature`` |
 | ``swag`` | training (SGD iterates) | ``python -m bayesian_lora.train sampler=swag`` |
-| ``laplace`` | post-hoc around a MAP | ``python -m bayesian_lora.methods.laplace run_dir=<MAP run>`` |
+| ``laplace`` | post-hoc around a MAP | ``python -m bayesian_lora.laplace run_dir=<MAP run>`` |
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ METHODS: dict[str, MethodInfo] = {
         MethodInfo(
             "laplace",
             "post-hoc",
-            "python -m bayesian_lora.methods.laplace run_dir=<MAP run>",
+            "python -m bayesian_lora.laplace run_dir=<MAP run>",
             "Gaussian at the MAP, diagonal or KFAC GGN precision (Yang et al. 2024)",
         ),
     )

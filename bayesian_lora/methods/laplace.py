@@ -1,6 +1,6 @@
 r"""Laplace-LoRA (Yang et al., 2024): a Gaussian at a MAP run's LoRA + head parameters.
 
-``python -m bayesian_lora.methods.laplace run_dir=<MAP run> [structure=kron|diag]
+``python -m bayesian_lora.laplace run_dir=<MAP run> [structure=kron|diag]
 [prior_precision=marglik|val_nll|<number>] [num_samples=20]`` writes a new run folder whose
 sample stack holds draws from the Laplace posterior (so evaluate, report and pooling work
 unchanged) and whose ``laplace.safetensors`` holds its parameters.

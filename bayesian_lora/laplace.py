@@ -1,0 +1,244 @@
+"""Laplace-LoRA around a MAP run: ``python -m bayesian_lora.laplace run_dir=<MAP run>``.
+
+MAP run folder -> (options checked) -> model + LoRA at theta* and the training batches ->
+curvature (diagonal or KFAC GGN, one pass) -> prior precision (marginal likelihood, validation
+NLL, or given) -> ``num_samples`` draws written as a new run folder's sample stack (plus
+``laplace.safetensors`` and ``laplace.json``), which ``evaluate`` then scores like any run. The
+math is in :mod:`bayesian_lora.methods.laplace`.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+from safetensors.torch import save_file
+from torch import Tensor
+
+from bayesian_lora.callbacks.sample_store import SAMPLES_FILE, load_samples, write_samples
+from bayesian_lora.config import CONFIG_DIR, build_datamodule
+from bayesian_lora.config_validation import ConfigError
+from bayesian_lora.evaluate import (
+    RunFolder,
+    build_eval_module,
+    eval_run_config,
+    open_run,
+    resolve_device,
+)
+from bayesian_lora.evaluation.ensemble import cache_batches, labels_of, predict_samples, swap_in
+from bayesian_lora.evaluation.metrics import ensemble_metrics
+from bayesian_lora.evaluation.runner import write_json
+from bayesian_lora.methods.laplace import (
+    LAPLACE_FILE,
+    STRUCTURES,
+    Curvature,
+    LaplacePosterior,
+    fit_curvature,
+)
+
+log = logging.getLogger("bayesian_lora.laplace")
+
+PRIOR_MODES = ("marglik", "val_nll")
+
+
+def check_options(cfg: DictConfig) -> None:
+    """Every option, before anything loads."""
+    if not cfg.get("run_dir"):
+        raise ConfigError("give run_dir=<MAP run folder>")
+    if cfg.structure not in STRUCTURES:
+        raise ConfigError(
+            f"structure={cfg.structure!r} is not allowed: one of {', '.join(STRUCTURES)}"
+        )
+    prior = cfg.prior_precision
+    number = isinstance(prior, (int, float)) and not isinstance(prior, bool)
+    if not (prior in PRIOR_MODES or (number and math.isfinite(prior) and prior > 0)):
+        raise ConfigError(
+            f"prior_precision={prior!r} is not allowed: {' or '.join(PRIOR_MODES)}, or a number > 0"
+        )
+    for key in ("num_samples", "val_nll_draws"):
+        if not (isinstance(cfg[key], int) and cfg[key] >= 1):
+            raise ConfigError(f"{key}={cfg[key]!r} is not allowed: an integer >= 1")
+    grid = list(cfg.val_nll_grid or [])
+    if prior == "val_nll" and not (grid and all(float(d) > 0 for d in grid)):
+        raise ConfigError(f"val_nll_grid={grid!r} is not allowed: a non-empty list of numbers > 0")
+
+
+def open_map_run(path: str) -> RunFolder:
+    run = open_run(Path(path).expanduser().resolve())
+    if not run.is_map:
+        raise ConfigError(
+            f"run_dir={path!r} is a {run.sampler!r} run; Laplace is fitted around a MAP run "
+            "(sampler=map), whose one sample is the mode"
+        )
+    return run
+
+
+def fit_laplace(cfg: DictConfig) -> dict[str, Any]:
+    """Fit, choose the prior precision, draw, write the run folder; returns laplace.json."""
+    check_options(cfg)
+    run = open_map_run(str(cfg.run_dir))
+    out_dir = (
+        Path(cfg.out_dir)
+        if cfg.get("out_dir")
+        else run.path.parent / f"{run.path.name}_laplace_{cfg.structure}"
+    )
+    if (out_dir / SAMPLES_FILE).exists():
+        raise FileExistsError(f"{out_dir} already holds samples; choose another out_dir")
+    run_cfg = eval_run_config(cfg, run)
+    device = resolve_device(str(cfg.device))
+    module = build_eval_module(run_cfg, run, device)
+    params = module.sampled_parameters()
+    samples, _ = load_samples(run.path, device=device)
+    swap_in(params, samples, 0)
+    dm = build_datamodule(run_cfg)
+    dm.setup()
+
+    curvature = fit_curvature(
+        module,
+        module.model,
+        params,
+        _train_batches(dm.train_dataloader(), device, cfg.get("max_batches")),
+        module.per_example_nll,
+        "regression" if module.task.is_regression else "classification",
+        str(cfg.structure),  # type: ignore[arg-type]
+        obs_std=module.obs_std,
+    )
+    run_delta = 1.0 / float(run_cfg.prior_std) ** 2
+    post = LaplacePosterior(curvature, run_delta)
+    start = time.perf_counter()
+    grid_results = choose_prior_precision(cfg, post, module, dm, device)
+    select_seconds = time.perf_counter() - start
+    gen = torch.Generator().manual_seed(int(cfg.seed))
+    draws = {n: t.to(params[n].dtype) for n, t in post.sample(int(cfg.num_samples), gen).items()}
+    info = {
+        "method": "laplace",
+        "structure": cfg.structure,
+        "prior_precision_mode": str(cfg.prior_precision),
+        "prior_precision": post.prior_precision,
+        "prior_std": post.prior_precision**-0.5,
+        "run_prior_precision": run_delta,
+        "log_marglik": post.log_marglik(),
+        "log_marglik_at_run_prior": post.log_marglik(run_delta),
+        "val_nll_grid": grid_results,
+        "num_data": curvature.num_data,
+        "num_params": curvature.num_params,
+        "log_likelihood": curvature.log_likelihood,
+        "from_run": str(run.path),
+        "file": LAPLACE_FILE,
+        "compute": {
+            "curvature_seconds": curvature.seconds,
+            "curvature_backward_passes": curvature.backward_passes,
+            "prior_selection_seconds": select_seconds,
+        },
+    }
+    write_run(out_dir, run, draws, curvature, info)
+    print(summary(info, out_dir))
+    return info
+
+
+def _train_batches(
+    loader: Any, device: torch.device, max_batches: int | None
+) -> Iterator[dict[str, Tensor]]:
+    for i, batch in enumerate(loader):
+        if max_batches is not None and i >= int(max_batches):
+            return
+        yield {k: v.to(device) for k, v in batch.items()}
+
+
+def choose_prior_precision(
+    cfg: DictConfig, post: LaplacePosterior, module: Any, dm: Any, device: torch.device
+) -> list[dict[str, float]]:
+    """Set ``post.prior_precision`` as asked; the validation grid's NLLs for ``val_nll``."""
+    mode = cfg.prior_precision
+    if mode == "marglik":
+        post.optimize_prior_precision()
+        return []
+    if mode != "val_nll":
+        post.prior_precision = float(mode)
+        return []
+    batches = cache_batches(dm.val_dataloader(), device)
+    labels = labels_of(batches).numpy()
+    params = module.sampled_parameters()
+    theta = {n: p.detach().clone() for n, p in params.items()}
+    results = []
+    try:
+        for delta in [float(d) for d in cfg.val_nll_grid]:
+            post.prior_precision = delta
+            gen = torch.Generator().manual_seed(int(cfg.seed))
+            draws = post.sample(int(cfg.val_nll_draws), gen)
+            on_device = {n: draws[n].to(device, params[n].dtype) for n in params}
+            preds = predict_samples(module, on_device, batches).cpu().numpy()
+            obs = module.obs_std if module.task.is_regression else None
+            nll = ensemble_metrics(preds, labels, module.task.metric, obs)["nll"]
+            results.append({"prior_precision": delta, "val_nll": float(nll)})
+    finally:
+        swap_in(params, {n: t[None] for n, t in theta.items()}, 0)
+    post.prior_precision = min(results, key=lambda r: r["val_nll"])["prior_precision"]
+    return results
+
+
+def write_run(
+    out_dir: Path,
+    run: RunFolder,
+    draws: dict[str, Tensor],
+    curvature: Curvature,
+    info: dict[str, Any],
+) -> None:
+    """config.yaml (the MAP's, sampler replaced), laplace.safetensors, laplace.json, samples."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config = copy.deepcopy(run.config)
+    sampler = {"name": "laplace", "structure": info["structure"], "from_run": str(run.path)}
+    with open_dict(config):
+        config.sampler = sampler
+        config.prior_std = float(info["prior_std"])
+        config.paths.output_dir = str(out_dir)
+    OmegaConf.save(config, out_dir / "config.yaml", resolve=True)
+    tensors = {f"theta/{n}": t.float() for n, t in curvature.theta.items()}
+    for b in curvature.blocks:
+        stats = {"diag": b.diag_w, "diag_bias": b.diag_b, "A": b.A, "G": b.G}
+        tensors |= {f"{k}/{b.weight}": v.float() for k, v in stats.items() if v is not None}
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(out_dir / LAPLACE_FILE))
+    write_json(out_dir / "laplace.json", info)
+    manifest = {
+        **{k: v for k, v in run.manifest.items() if k not in ("parameters", "dtypes")},
+        "sampler": sampler,
+        "prior_std": float(info["prior_std"]),
+        "steps": [],
+        "kept_steps_planned": None,
+        "status": "complete",
+        "posterior": {k: v for k, v in info.items() if k != "val_nll_grid"},
+    }
+    write_samples(out_dir, draws, manifest)
+
+
+def summary(info: dict[str, Any], out_dir: Path) -> str:
+    c = info["compute"]
+    return "\n".join(
+        [
+            f"Laplace ({info['structure']}) around {info['from_run']}",
+            f"  prior precision {info['prior_precision']:.4g} ({info['prior_precision_mode']}; "
+            f"the run's {info['run_prior_precision']:.4g})",
+            f"  log marginal likelihood {info['log_marglik']:.4f} "
+            f"(at the run's prior {info['log_marglik_at_run_prior']:.4f})",
+            f"  curvature: {info['num_data']} examples, {info['num_params']:,} parameters, "
+            f"{c['curvature_backward_passes']} backward passes, {c['curvature_seconds']:.1f} s",
+            f"  {out_dir} (evaluate: python -m bayesian_lora.evaluate run_dir={out_dir})",
+        ]
+    )
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="laplace")
+def main(cfg: DictConfig) -> None:
+    fit_laplace(cfg)
+
+
+if __name__ == "__main__":
+    main()
