@@ -26,15 +26,10 @@ from torch import Tensor
 from bayesian_lora.callbacks.sample_store import SAMPLES_FILE, load_samples, write_samples
 from bayesian_lora.config import CONFIG_DIR, build_datamodule
 from bayesian_lora.config_validation import ConfigError
-from bayesian_lora.evaluate import (
-    RunFolder,
-    build_eval_module,
-    eval_run_config,
-    open_run,
-    resolve_device,
-)
+from bayesian_lora.evaluate import RunFolder, open_run
 from bayesian_lora.evaluation.ensemble import cache_batches, labels_of, predict_samples, swap_in
 from bayesian_lora.evaluation.metrics import ensemble_metrics
+from bayesian_lora.evaluation.predict import build_eval_module, eval_run_config, resolve_device
 from bayesian_lora.evaluation.runner import write_json
 from bayesian_lora.methods.laplace import (
     LAPLACE_FILE,

@@ -42,7 +42,9 @@ def sync(device: torch.device) -> None:
 def make_batch(vocab: int, batch: int, length: int, device: torch.device) -> dict:
     g = torch.Generator().manual_seed(0)
     return {
-        "input_ids": torch.randint(1000, vocab, (batch, length), generator=g).to(device),
+        "input_ids": torch.randint(min(1000, vocab // 2), vocab, (batch, length), generator=g).to(
+            device
+        ),
         "attention_mask": torch.ones(batch, length, dtype=torch.long, device=device),
         "labels": torch.randint(0, 2, (batch,), generator=g).to(device),
     }
