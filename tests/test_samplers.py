@@ -480,12 +480,12 @@ def test_bf16_parameters_keep_dtype() -> None:
 
 
 def test_registry_and_closure_required() -> None:
-    assert set(SAMPLERS) == {"sgld", "psgld", "asgld", "sam_sgld", "sam_sgld_r1", "sghmc"}
+    assert set(SAMPLERS) == {"sgld", "psgld", "asgld", "sam_sgld", "sam_sgld_r1", "sghmc", "sgd"}
     p = torch.nn.Parameter(torch.zeros(2))
     for name, cls in SAMPLERS.items():
         sampler = make(name, [p])
         assert isinstance(sampler, torch.optim.Optimizer) and isinstance(sampler, cls)
-        assert sampler.noise_enabled is True
+        assert sampler.noise_enabled is (name != "sgd")  # SWAG's SGD iterates are noiseless
         with pytest.raises(ValueError, match="closure"):
             sampler.step()
 

@@ -23,7 +23,18 @@ SAMPLER_CONFIGS = sorted(p.stem for p in (CONFIG_DIR / "sampler").glob("[!_]*.ya
 def test_sampler_group_lists_every_documented_sampler() -> None:
     assert (
         sorted(
-            ["map", "sgld", "psgld", "asgld", "sam_sgld", "sam_sgld_r1", "sghmc", "csgld", "csghmc"]
+            [
+                "map",
+                "sgld",
+                "psgld",
+                "asgld",
+                "sam_sgld",
+                "sam_sgld_r1",
+                "sghmc",
+                "csgld",
+                "csghmc",
+                "swag",
+            ]
         )
         == SAMPLER_CONFIGS
     )
@@ -58,6 +69,8 @@ def test_every_sampler_keeps_its_samples(
     extra = [f"sampler={sampler}", "data=mrpc", *CHAIN]
     if sampler in ("csgld", "csghmc"):
         extra += ["sampler.schedule.cycle_length=8", "sampler.burn_in=0"]
+    if sampler == "swag":  # SWAG's sample stack is its end-of-run draws
+        extra += ["sampler.swag.num_draws=3", "sampler.swag.rank=2"]
     cfg = compose_train(smoke_overrides(synthetic_data_dir, tmp_path, *extra))
     metrics = train(cfg)
     samples, manifest = load_samples(tmp_path)
