@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from bayesian_lora.data.tasks import TaskSpec
-from bayesian_lora.evaluation.metrics import classification_metrics, regression_metrics
+from bayesian_lora.evaluation.epoch_metrics import ClassificationMetrics, RegressionMetrics
 from bayesian_lora.models.lora import sampled_parameters
 from bayesian_lora.samplers.chain import ChainPlan
 
@@ -102,7 +102,11 @@ class BayesianLoRAModule(L.LightningModule):
         self.lr_scale = 1.0  # < 1 after step-size back-offs on divergence
         self._last_good: list[Tensor] | None = None
         self._sampled: dict[str, nn.Parameter] | None = None
-        self._val_outputs: list[tuple[Tensor, Tensor]] = []
+        self.val_metrics: ClassificationMetrics | RegressionMetrics = (
+            RegressionMetrics(self.obs_std)
+            if task.is_regression
+            else ClassificationMetrics(task.num_labels, task.metric)
+        )
 
     # ----------------------------------------------------------------- the potential
     @property
@@ -255,23 +259,17 @@ class BayesianLoRAModule(L.LightningModule):
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         outputs = self(batch)
         preds = outputs.float() if self.task.is_regression else outputs.float().softmax(-1)
-        self._val_outputs.append((preds.detach().cpu(), batch["labels"].detach().cpu()))
+        self.val_metrics.update(preds, batch["labels"])
 
     def on_validation_epoch_end(self) -> None:
-        if not self._val_outputs:
+        if not self.val_metrics.update_called:
             return
-        preds = torch.cat([p for p, _ in self._val_outputs]).numpy()
-        labels = torch.cat([y for _, y in self._val_outputs]).numpy()
-        self._val_outputs.clear()
-        if self.task.is_regression:
-            metrics = regression_metrics(preds, labels, obs_std=self.obs_std)
-        else:
-            metrics = classification_metrics(preds, labels, self.task.metric)
-        # Every rank validates on the whole validation set: the values agree, sync is a no-op.
-        self.log_dict(
-            {f"val/{k}": float(v) for k, v in metrics.items() if k != "nll"}, sync_dist=True
-        )
-        self.log("val/nll", float(metrics["nll"]), prog_bar=True, sync_dist=True)
+        # compute() reduces the states over the DDP ranks (sums, or the gathered predictions),
+        # so every rank holds the same values: sync_dist only keeps Lightning's check quiet.
+        metrics = {k: float(v) for k, v in self.val_metrics.compute().items()}
+        self.val_metrics.reset()
+        self.log_dict({f"val/{k}": v for k, v in metrics.items() if k != "nll"}, sync_dist=True)
+        self.log("val/nll", metrics["nll"], prog_bar=True, sync_dist=True)
 
     # ----------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
