@@ -41,8 +41,9 @@ def iterates(n: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:
     ]
 
 
-def test_moments_equal_the_sample_moments_of_the_iterates() -> None:
-    its, rank = iterates(7), 3
+@pytest.mark.parametrize("n", [2, 6, 7])  # fewer than K, a multiple of K, past a wrap
+def test_moments_equal_the_sample_moments_of_the_iterates(n: int) -> None:
+    its, rank = iterates(n), 3
     m = SWAGMoments(rank)
     for it in its:
         m.collect(it)
@@ -51,10 +52,16 @@ def test_moments_equal_the_sample_moments_of_the_iterates() -> None:
         torch.testing.assert_close(m.mean[name], x.mean(0), rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(m.sq_mean[name], (x * x).mean(0), rtol=1e-12, atol=1e-12)
         running = [x[: i + 1].mean(0) for i in range(len(its))]
-        expected = torch.stack([x[i] - running[i] for i in range(len(its) - rank, len(its))])
+        first = max(0, len(its) - rank)
+        expected = torch.stack([x[i] - running[i] for i in range(first, len(its))])
         torch.testing.assert_close(m.held_deviations()[name], expected, rtol=1e-12, atol=1e-12)
-    # the stored tensors round-trip
+    # the stored tensors round-trip, and collection continues from them as if never stored
     back = SWAGMoments.from_tensors(m.tensors(), rank, m.n)
+    assert all(torch.equal(back.held_deviations()[n], m.held_deviations()[n]) for n in "ab")
+    more = iterates(2, seed=5)
+    for it in more:
+        m.collect(it)
+        back.collect(it)
     assert all(torch.equal(back.held_deviations()[n], m.held_deviations()[n]) for n in "ab")
 
 

@@ -78,16 +78,18 @@ class SWAGMoments:
                     store[name] = store[name].to(x.device)
             self.mean[name].add_((x - self.mean[name]) / self.n)
             self.sq_mean[name].add_((x * x - self.sq_mean[name]) / self.n)
-            dev = self.deviations[name]
-            if self.n > self.rank:  # drop the oldest column
-                dev.copy_(torch.roll(dev, shifts=-1, dims=0))
-            dev[self.num_deviations - 1].copy_(x - self.mean[name])
+            # a ring buffer: collection n goes to slot (n - 1) % rank, over the oldest
+            self.deviations[name][(self.n - 1) % self.rank].copy_(x - self.mean[name])
 
     def diag(self) -> dict[str, Tensor]:
         return {n: (self.sq_mean[n] - self.mean[n] ** 2).clamp_min(0.0) for n in self.mean}
 
     def held_deviations(self) -> dict[str, Tensor]:
-        return {n: d[: self.num_deviations] for n, d in self.deviations.items()}
+        """The last ``min(n, rank)`` deviations ``[K, *shape]``, oldest first."""
+        if self.n <= self.rank:
+            return {n: d[: self.n] for n, d in self.deviations.items()}
+        oldest = self.n % self.rank
+        return {n: torch.roll(d, shifts=-oldest, dims=0) for n, d in self.deviations.items()}
 
     @torch.no_grad()
     def sample(self, num: int, generator: torch.Generator) -> dict[str, Tensor]:
@@ -125,10 +127,10 @@ class SWAGMoments:
         m.n = int(n)
         for key, t in tensors.items():
             moment, name = key.split("/", 1)
-            if moment == "deviations":
+            if moment == "deviations":  # oldest first -> ring-buffer slots
                 full = torch.zeros((rank, *t.shape[1:]), dtype=t.dtype)
                 full[: t.shape[0]] = t
-                m.deviations[name] = full
+                m.deviations[name] = torch.roll(full, n % rank, 0) if n > rank else full
             else:
                 getattr(m, moment)[name] = t.clone()
         return m
