@@ -31,6 +31,7 @@ from bayesian_lora.models.lora import (
     parameter_counts,
 )
 from bayesian_lora.models.module import AdamWSettings, BayesianLoRAModule
+from bayesian_lora.models.prior import GaussianPrior, PriorSettings, build_prior
 from bayesian_lora.samplers import SAMPLERS
 from bayesian_lora.samplers.chain import ChainPlan
 from bayesian_lora.samplers.schedules import build_schedule
@@ -150,6 +151,7 @@ def build_module(
         warnings.warn(
             "grad_clip is set: clipping gradients during sampling biases the chain", stacklevel=2
         )
+    prior = build_prior_for(cfg, model)
     steps_per_epoch = len(datamodule.train_dataloader())
     max_steps = cfg.trainer.get("max_steps") or -1
     total_map = max_steps if max_steps > 0 else steps_per_epoch * int(cfg.trainer.max_epochs)
@@ -157,7 +159,7 @@ def build_module(
         model,
         task=task,
         num_data=datamodule.num_train_examples,
-        prior_std=float(cfg.prior_std),
+        prior=prior,
         obs_std=float(cfg.data.obs_std),
         adamw=adamw,
         sampler_factory=factory,
@@ -171,6 +173,17 @@ def build_module(
     if plan is not None and s.warmup.get("from_run"):
         init_from_run(module, resolve_from_run(s.warmup.from_run, int(cfg.seed)))
     return module, counts
+
+
+def build_prior_for(cfg: DictConfig, model: Any) -> GaussianPrior:
+    """The ``prior`` group (or the isotropic ``prior_std`` override) applied to this model."""
+    prior_std = cfg.get("prior_std")
+    settings = PriorSettings.from_config(
+        cfg.get("prior"), None if prior_std is None else float(prior_std)
+    )
+    prior = build_prior(model, settings)
+    prior.log_table()
+    return prior
 
 
 def resolve_from_run(path: str | Path, seed: int) -> Path:
@@ -209,7 +222,10 @@ def init_from_run(module: BayesianLoRAModule, run_dir: Path) -> None:
 
 
 def manifest_for(
-    cfg: DictConfig, datamodule: TextClassificationDataModule, plan: ChainPlan | None
+    cfg: DictConfig,
+    datamodule: TextClassificationDataModule,
+    plan: ChainPlan | None,
+    prior: GaussianPrior | None = None,
 ) -> dict[str, Any]:
     c = OmegaConf.to_container(cfg, resolve=True)
     return {
@@ -220,7 +236,7 @@ def manifest_for(
         "task": cfg.data.task,
         "data": c["data"],
         "num_data": datamodule.num_train_examples,
-        "prior_std": float(cfg.prior_std),
+        "prior": prior.describe() if prior is not None else None,
         "seed": int(cfg.seed),
         "sampler": {"name": cfg.sampler.name, "algorithm": sampler_algorithm(cfg), **c["sampler"]},
         "kept_steps_planned": plan.kept_steps() if plan is not None else None,

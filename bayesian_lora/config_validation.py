@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from bayesian_lora.data.tasks import TASKS
+from bayesian_lora.models.prior import GROUPS as PRIOR_GROUPS
 from bayesian_lora.samplers import SAMPLERS
 from bayesian_lora.samplers.base import _is_int, _is_real
 
@@ -100,7 +101,7 @@ PRECISION = (
 # ---------------------------------------------------------------- tables
 COMMON_RULES: list[Rule] = [
     ("seed", _int(0, 2**32 - 1)),  # the range Lightning's seed_everything accepts
-    ("prior_std", _note(POSITIVE, "std of the Gaussian prior")),
+    ("prior_std", _note(_optional(POSITIVE), "isotropic prior std overriding prior=")),
     ("grad_clip", _optional(POSITIVE)),
     ("dropout_during_sampling", FLAG),
     ("evaluate_on_fit_end", FLAG),
@@ -132,6 +133,28 @@ COMMON_RULES: list[Rule] = [
 ]
 
 LORA_KEYS = ("r", "alpha", "dropout", "target_modules", "modules_to_save")
+
+PRIOR_KEYS = ("name", "dW_fraction", "lora_A", "lora_B", "head", "modules", "sampled")
+PRIOR_RULES: list[Rule] = [
+    ("prior.dW_fraction", _note(_optional(POSITIVE), "Var(dW_ij) / Var(W_ij) per layer")),
+    ("prior.lora_A", _note(_optional(POSITIVE), "sigma of LoRA A; null: from dW_fraction")),
+    ("prior.lora_B", _note(_optional(POSITIVE), "sigma of LoRA B; null: from dW_fraction")),
+    ("prior.head", _note(_optional(POSITIVE), "sigma of the head; null: 1/sqrt(fan_in)")),
+    (
+        "prior.modules",
+        (
+            lambda v: isinstance(v, dict) and all(POSITIVE[0](x) for x in v.values()),
+            "a mapping from head module names to sigmas > 0",
+        ),
+    ),
+    (
+        "prior.sampled",
+        (
+            lambda v: isinstance(v, list) and v != [] and all(g in PRIOR_GROUPS for g in v),
+            f"a non-empty list of groups among {', '.join(PRIOR_GROUPS)}",
+        ),
+    ),
+]
 
 CHAIN_RULES: list[Rule] = [
     ("sampler.lr", _note(POSITIVE, "step size eta")),
@@ -230,6 +253,7 @@ def validate_config(cfg: DictConfig) -> None:
     _check_model_family(cfg, errors)  # first: its limits are the more specific ones
     _apply(cfg, COMMON_RULES, errors)
     _check_unknown(cfg, "model.lora", LORA_KEYS, "model.lora", errors)
+    _check_prior(cfg, errors)
     if _get(cfg, "sampler.name") == "map":
         _apply(cfg, MAP_RULES, errors)
         _check_unknown(cfg, "sampler.hparams", (), "sampler map's hparams", errors)
@@ -238,6 +262,26 @@ def validate_config(cfg: DictConfig) -> None:
     if errors:
         head = "" if len(errors) == 1 else f"{len(errors)} config errors:\n  "
         raise ConfigError(head + "\n  ".join(errors))
+
+
+def _check_prior(cfg: DictConfig, errors: list[str]) -> None:
+    """The ``prior`` group (absent in configs saved before it existed: isotropic N(0, 1))."""
+    if _get(cfg, "prior") in (_MISSING, None):
+        return
+    _check_unknown(cfg, "prior", PRIOR_KEYS, "the prior group", errors)
+    _apply(cfg, PRIOR_RULES, errors)
+    a, b, f = (_get(cfg, f"prior.{k}") for k in ("lora_A", "lora_B", "dW_fraction"))
+    if f is None and _get(cfg, "prior_std") is None and (a is None or b is None):
+        errors.append(
+            f"prior.dW_fraction=None is not allowed: a number > 0 when prior.lora_A ({a}) or "
+            f"prior.lora_B ({b}) is null (it sets their scale)"
+        )
+    modules, heads = _get(cfg, "prior.modules"), _get(cfg, "model.lora.modules_to_save")
+    if isinstance(modules, dict) and isinstance(heads, list) and set(modules) - set(heads):
+        errors.append(
+            f"prior.modules={modules!r} is not allowed: keys among model.lora.modules_to_save "
+            f"({', '.join(heads) or 'none'})"
+        )
 
 
 def _check_unknown(

@@ -53,7 +53,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule.setup("fit")
     plan = build_chain_plan(cfg, steps_per_epoch=len(datamodule.train_dataloader()))
     module, counts = build_module(cfg, datamodule, plan)
-    manifest = manifest_for(cfg, datamodule, plan)
+    manifest = manifest_for(cfg, datamodule, plan, module.prior)
     loggers = build_loggers(cfg, counts)
     trainer, collector = build_trainer(cfg, run_dir, plan, manifest, loggers)
 

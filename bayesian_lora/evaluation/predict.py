@@ -81,7 +81,6 @@ def build_eval_module(run_cfg: DictConfig, run: RunFolder, device: torch.device)
         model,
         task=task,
         num_data=int(run.manifest.get("num_data") or 1),
-        prior_std=float(run_cfg.prior_std),
         obs_std=float(run_cfg.data.obs_std),
     )
     from bayesian_lora.evaluate import check_parameters  # the manifest checks live there

@@ -52,7 +52,7 @@ class ModelSettings:
     name_or_path: str
     max_length: int = 128
     lora: LoraSettings = field(default_factory=LoraSettings)
-    tiny: dict[str, int] = field(default_factory=dict)
+    tiny: dict[str, int | float] = field(default_factory=dict)  # BertConfig overrides
 
     @classmethod
     def from_config(cls, cfg: Any) -> ModelSettings:
@@ -60,7 +60,8 @@ class ModelSettings:
         lora = LoraSettings(**{k: v for k, v in dict(d.pop("lora", {})).items()})
         lora.target_modules = list(lora.target_modules)
         lora.modules_to_save = list(lora.modules_to_save)
-        tiny = {k: int(v) for k, v in dict(d.pop("tiny", None) or {}).items()}
+        tiny_cfg = dict(d.pop("tiny", None) or {})
+        tiny = {k: v if isinstance(v, float) else int(v) for k, v in tiny_cfg.items()}
         known = {"name", "name_or_path", "max_length"}
         return cls(lora=lora, tiny=tiny, **{k: v for k, v in d.items() if k in known})
 

@@ -2,11 +2,13 @@
 
 Objective (the per-datum potential, see the README's "Math conventions"):
 
-    u(theta) = mean_batch NLL(y | x, theta) + ||theta||^2 / (2 sigma^2 N)
+    u(theta) = mean_batch NLL(y | x, theta) + sum_t ||theta_t||^2 / (2 sigma_t^2 N)
 
-an unbiased mini-batch estimate of U(theta)/N, with U the negative log posterior under the prior
-N(0, sigma^2 I) on the sampled parameters and N the number of training examples. MAP is AdamW on
-u; samplers consume u through their ``step(closure)``.
+an unbiased mini-batch estimate of U(theta)/N, with U the negative log posterior under the
+Gaussian prior N(0, sigma_t^2) on each trained tensor t (sigmas per group, see
+:mod:`bayesian_lora.models.prior`) and N the number of training examples. MAP is AdamW on u;
+samplers consume u through their ``step(closure)`` and move only the sampled groups
+(``prior.sampled``); held groups stay at their warm-start value.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from torch import Tensor, nn
 from bayesian_lora.data.tasks import TaskSpec
 from bayesian_lora.evaluation.epoch_metrics import ClassificationMetrics, RegressionMetrics
 from bayesian_lora.models.lora import sampled_parameters
+from bayesian_lora.models.prior import GaussianPrior, isotropic_prior
 from bayesian_lora.samplers.chain import ChainPlan
 
 log = logging.getLogger(__name__)
@@ -54,15 +57,18 @@ def set_dropout(model: nn.Module, active: bool) -> None:
     Toggling ``nn.Dropout`` modules is not enough: Hugging Face attention applies its dropout
     functionally whenever the attention module is in training mode. The encoders used here have
     no other train/eval-dependent layers (no batch norm), so the mode is exactly "dropout on".
+    Setting the mode walks every submodule, so it is skipped when the mode is already right.
     """
-    model.train(active)
+    if model.training != active or any(m.training != active for m in model.children()):
+        model.train(active)
 
 
 class BayesianLoRAModule(L.LightningModule):
     """Runs MAP or a chain over the sampled parameters with manual optimization.
 
     ``sampler_factory`` builds the SG-MCMC optimizer from the sampled parameters (``None`` for
-    MAP). ``plan`` says which global steps are warm-up (AdamW), burn-in and kept samples;
+    MAP). ``prior`` gives each trained tensor's sigma and which groups are sampled (default:
+    N(0, 1) on everything, all sampled). ``plan`` says which global steps are warm-up (AdamW), burn-in and kept samples;
     ``total_map_steps`` sizes the AdamW schedule of a pure MAP run.
     """
 
@@ -71,7 +77,7 @@ class BayesianLoRAModule(L.LightningModule):
         model: nn.Module,
         task: TaskSpec,
         num_data: int,
-        prior_std: float = 1.0,
+        prior: GaussianPrior | None = None,
         obs_std: float = 0.5,
         adamw: AdamWSettings | None = None,
         sampler_factory: Any | None = None,
@@ -88,7 +94,10 @@ class BayesianLoRAModule(L.LightningModule):
         self.model = model.train()  # HF loads in eval mode; dropout is then set per phase
         self.task = task
         self.num_data = int(num_data)
-        self.prior_std = float(prior_std)
+        trained = sampled_parameters(self.model)
+        self.prior = prior if prior is not None else isotropic_prior(trained)
+        if set(self.prior.sigmas) != set(trained):
+            raise ValueError("the prior's parameters are not the model's trained parameters")
         self.obs_std = float(obs_std)
         self.adamw = adamw or AdamWSettings()
         self.sampler_factory = sampler_factory
@@ -101,7 +110,11 @@ class BayesianLoRAModule(L.LightningModule):
         self.chain_step = 0  # global step t, counting every optimizer step of the run
         self.lr_scale = 1.0  # < 1 after step-size back-offs on divergence
         self._last_good: list[Tensor] | None = None
-        self._sampled: dict[str, nn.Parameter] | None = None
+        # The Parameter objects survive .to(device), so the name scans are done once.
+        self._sampled: dict[str, nn.Parameter] = trained
+        self._moved = {n: p for n, p in trained.items() if self.prior.is_sampled(n)}
+        self._inv_var = self.prior.inverse_variances(list(trained))
+        self._held_frozen = False
         self.val_metrics: ClassificationMetrics | RegressionMetrics = (
             RegressionMetrics(self.obs_std)
             if task.is_regression
@@ -114,10 +127,13 @@ class BayesianLoRAModule(L.LightningModule):
         return self.sampler_factory is None
 
     def sampled_parameters(self) -> dict[str, nn.Parameter]:
-        # The Parameter objects survive .to(device), so the name scan is done once.
-        if self._sampled is None:
-            self._sampled = sampled_parameters(self.model)
+        """Every trained parameter: what the warm start trains, each kept sample stores, the
+        checkpoints hold and evaluation swaps in (held-fixed groups included)."""
         return self._sampled
+
+    def sampler_parameters(self) -> dict[str, nn.Parameter]:
+        """The parameters the SG-MCMC sampler moves (the groups in ``prior.sampled``)."""
+        return self._moved
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         inputs = {k: v for k, v in batch.items() if k != "labels"}
@@ -130,10 +146,14 @@ class BayesianLoRAModule(L.LightningModule):
         return nn.functional.cross_entropy(outputs.float(), labels, reduction="none")
 
     def prior_term(self) -> Tensor:
-        """||theta||^2 / (2 sigma^2 N): the prior's share of one datum's potential."""
+        """sum_t ||theta_t||^2 / (2 sigma_t^2 N): the prior's share of one datum's potential.
+
+        Over every trained tensor; the held-fixed ones add a constant during sampling."""
         params = list(self.sampled_parameters().values())
-        sq = torch.stack([p.float().pow(2).sum() for p in params]).sum()
-        return sq / (2 * self.prior_std**2 * self.num_data)
+        sq = torch.stack([p.float().pow(2).sum() for p in params])
+        if self._inv_var.device != sq.device:
+            self._inv_var = self._inv_var.to(sq.device)
+        return (sq * self._inv_var).sum() / (2 * self.num_data)
 
     def potential(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """(u, mean NLL) on a mini-batch."""
@@ -148,7 +168,7 @@ class BayesianLoRAModule(L.LightningModule):
         )
         if self.is_map:
             return [adamw]
-        return [adamw, self.sampler_factory(params)]
+        return [adamw, self.sampler_factory(list(self.sampler_parameters().values()))]
 
     def on_train_start(self) -> None:
         if self.is_map:  # the loader length per rank is known only now (DDP shards it)
@@ -175,7 +195,8 @@ class BayesianLoRAModule(L.LightningModule):
         stats: dict[str, Tensor] = {}
 
         def closure() -> Tensor:
-            opt.zero_grad(set_to_none=True)
+            for p in self.sampled_parameters().values():  # held ones too: no stale gradients
+                p.grad = None
             u, nll = self.potential(batch)
             self.manual_backward(u)
             if self.grad_clip is not None:
@@ -191,6 +212,7 @@ class BayesianLoRAModule(L.LightningModule):
             set_dropout(self.model, True)
         else:
             opt = optimizers[1]
+            self._freeze_held()
             s = step - self.plan.warmup_steps
             lr = self.plan.schedule.lr(s)
             opt.optimizer.noise_enabled = bool(self.plan.schedule.noise(s))
@@ -216,6 +238,19 @@ class BayesianLoRAModule(L.LightningModule):
         if self.plan is not None and self.chain_step >= self.plan.total_steps():
             self.trainer.should_stop = True
         return stats["u"]
+
+    def _freeze_held(self) -> None:
+        """Sampler phase: held-fixed groups stop requiring gradients (head-only sampling then
+        back-propagates through nothing but the head). Not under DDP, whose reducer expects a
+        gradient for every parameter it was built with; there they are computed and unused."""
+        if self._held_frozen:
+            return
+        self._held_frozen = True
+        if self._trainer is not None and self.trainer.world_size > 1:
+            return
+        for name, p in self.sampled_parameters().items():
+            if name not in self._moved:
+                p.requires_grad_(False)
 
     def _finite(self, u: Tensor) -> bool:
         """Check the potential and the parameters (one host sync per step)."""
