@@ -25,6 +25,7 @@ from bayesian_lora.data import (
     write_all_synthetic,
     write_synthetic_task,
 )
+from bayesian_lora.data.datamodule import epoch_seed
 from bayesian_lora.data.synthetic import _CUES
 
 N_TRAIN, N_VAL, N_TEST = 48, 16, 16
@@ -379,7 +380,9 @@ def test_sampler_permutation_depends_only_on_seed_and_epoch() -> None:
     a.set_epoch(3)
     b.set_epoch(3)
     assert list(a) == list(b) == a.permutation(3).tolist()
-    expected = torch.randperm(20, generator=torch.Generator().manual_seed(5 + 3)).tolist()
+    expected = torch.randperm(
+        20, generator=torch.Generator().manual_seed(epoch_seed(5, 3))
+    ).tolist()
     assert list(a) == expected
     assert list(ResumableRandomSampler(20, seed=6)) != first
 
@@ -447,3 +450,14 @@ def test_synthetic_command_line_writes_every_task(tmp_path: Path) -> None:
     assert (tmp_path / "stanfordnlp" / "imdb").is_dir() and (
         tmp_path / "fancyzhx" / "ag_news"
     ).is_dir()
+
+
+def test_seeds_do_not_share_data_orders_shifted_by_an_epoch() -> None:
+    """seed s, epoch e and seed s + 1, epoch e - 1 once had the same order (seed + epoch)."""
+    orders = {
+        (seed, epoch): ResumableRandomSampler(50, seed=seed).permutation(epoch).tolist()
+        for seed in range(4)
+        for epoch in range(4)
+    }
+    assert len({tuple(o) for o in orders.values()}) == len(orders)
+    assert orders[(0, 1)] != orders[(1, 0)]

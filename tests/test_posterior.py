@@ -36,8 +36,7 @@ import bayesian_lora.train as train_module
 from bayesian_lora.callbacks.sample_store import load_samples
 from bayesian_lora.config import build_datamodule
 from bayesian_lora.models.lora import ModelSettings, build_lora_model
-from tests.test_faults import inject
-from tests.test_train import compose_train
+from tests.helpers import compose_train, inject
 
 OBS_STD = 2.0
 STEP = 1.0  # e * lambda_max(H): < 2 is stable; the correction makes any such step exact

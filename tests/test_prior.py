@@ -18,7 +18,7 @@ from bayesian_lora.models.lora import ModelSettings, build_lora_model
 from bayesian_lora.models.module import BayesianLoRAModule
 from bayesian_lora.models.prior import PriorSettings, build_prior
 from bayesian_lora.train import train
-from tests.test_train import compose_train, smoke_overrides
+from tests.helpers import compose_train, run_eval, smoke_overrides
 
 
 def tiny_model(*modules_to_save: str) -> torch.nn.Module:
@@ -145,7 +145,6 @@ def test_bad_prior_values_are_refused_before_loading(
 def test_a_only_chain_stores_held_groups_and_evaluate_reproduces_the_model(
     synthetic_data_dir: Path, tmp_path: Path
 ) -> None:
-    from tests.test_evaluate import run_eval
 
     chain = [
         "sampler=sgld",

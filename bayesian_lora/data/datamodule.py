@@ -150,10 +150,18 @@ class LabelDtypeCollator:
         return batch
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A 64-bit seed hashed from (seed, epoch): distinct pairs give unrelated data orders."""
+    words = np.random.SeedSequence([int(seed), int(epoch)]).generate_state(2, dtype=np.uint32)
+    return int(words[0]) << 32 | int(words[1])
+
+
 class ResumableRandomSampler(Sampler[int]):
     """Random permutation per epoch that depends only on ``(seed, epoch)``, and can resume.
 
-    Epoch ``e`` visits ``torch.randperm(n, generator=torch.Generator().manual_seed(seed + e))``.
+    Epoch ``e`` visits ``torch.randperm(n, generator=torch.Generator().manual_seed(h))`` with
+    ``h = epoch_seed(seed, e)``, a hash of the pair (not ``seed + e``, which would give seed
+    ``s + 1`` the orders of seed ``s`` shifted by one epoch).
     ``set_epoch`` (called by Lightning each epoch) picks the epoch; ``skip_next(k)`` makes the
     next iteration start at position ``k`` of the current permutation. ``state_dict`` records the
     number of indices handed out in the current epoch; with ``num_workers > 0`` the loader
@@ -172,7 +180,7 @@ class ResumableRandomSampler(Sampler[int]):
     def permutation(self, epoch: int | None = None) -> torch.Tensor:
         """The full index order of ``epoch`` (default: the current one)."""
         epoch = self.epoch if epoch is None else epoch
-        generator = torch.Generator().manual_seed(self.seed + epoch)
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
         return torch.randperm(self.num_samples, generator=generator)
 
     def set_epoch(self, epoch: int) -> None:
