@@ -13,6 +13,7 @@ draws (see :mod:`bayesian_lora.methods.posterior`). Calibrators act on the predi
 | ``temperature`` | calibration | ``python -m bayesian_lora.evaluate run_dir=... calibrate=temperature`` |
 | ``swag`` | training (SGD iterates) | ``python -m bayesian_lora.train sampler=swag`` |
 | ``laplace`` | post-hoc around a MAP | ``python -m bayesian_lora.laplace run_dir=<MAP run>`` |
+| ``blob`` | training (VI) | not wired into ``train`` yet: :mod:`bayesian_lora.methods.blob` |
 """
 
 from __future__ import annotations
@@ -53,6 +54,12 @@ METHODS: dict[str, MethodInfo] = {
             "post-hoc",
             "python -m bayesian_lora.laplace run_dir=<MAP run>",
             "Gaussian at the MAP, diagonal or KFAC GGN precision (Yang et al. 2024)",
+        ),
+        MethodInfo(
+            "blob",
+            "training",
+            "(not wired into train yet; bayesian_lora.methods.blob has the family and its loss)",
+            "mean-field Gaussian over LoRA A, B a point estimate, reparameterised ELBO (BLoB)",
         ),
     )
 }
