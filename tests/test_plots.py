@@ -77,3 +77,71 @@ def test_comparison_plot(tmp_path):
         {"method": "cSGHMC", "acc": 0.87, "nll": 0.31},
     ]
     _check_png(P.comparison_plot(table, tmp_path / "cmp.png", metrics=("acc", "nll")))
+
+
+@pytest.fixture
+def drawn(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    """What each figure shows when it is saved: per panel x ticks, y offset text, y limits."""
+    seen: list[dict] = []
+    original = P._save
+
+    def keep(fig, path):
+        P._fit_titles(fig)
+        fig.canvas.draw()
+        panels = []
+        for ax in fig.axes:
+            lo, hi = ax.get_xlim()
+            ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+            panels.append(
+                {
+                    "xticks": ticks,
+                    "yoffset": ax.yaxis.get_offset_text().get_text(),
+                    "ylim": ax.get_ylim(),
+                    "title": ax.get_title(),
+                }
+            )
+        seen.append({"name": Path(path).name, "panels": panels})
+        return original(fig, path)
+
+    monkeypatch.setattr(P, "_save", keep)
+    return seen
+
+
+def _no_ink_at_the_border(path: Path) -> None:
+    """A title or label running off the figure leaves ink in the outermost pixel columns/rows."""
+    img = mpimg.imread(path)[..., :3]
+    border = np.concatenate(
+        [img[:, :2].reshape(-1, 3), img[:, -2:].reshape(-1, 3), img[:2].reshape(-1, 3)]
+    )
+    assert (border > 0.9).all(), f"{path.name}: something is cut off at the edge"
+
+
+def test_equal_bars_get_no_axis_offset_and_a_sensible_range(tmp_path, drawn):
+    table = [{"method": m, "acc_mean": 0.4375, "acc_std": 0.0, "n": 2} for m in ("a", "b", "c")]
+    P.comparison_plot(table, tmp_path / "cmp.png", metrics=("acc",))
+    (panel,) = drawn[0]["panels"]
+    assert panel["yoffset"] == ""
+    lo, hi = panel["ylim"]
+    assert lo <= 0.0 and 43.75 < hi < 60
+
+
+def test_draws_and_lags_get_whole_number_ticks(tmp_path, drawn):
+    chains = {"s": np.random.default_rng(0).normal(size=(2, 3))}  # 3 draws: auto ticks 0.25 apart
+    P.trace_plot(chains, tmp_path / "trace.png")
+    P.autocorrelation_plot(chains, tmp_path / "acf.png", max_lag=5)
+    for fig in drawn:
+        ticks = fig["panels"][0]["xticks"]
+        assert ticks and all(float(t).is_integer() for t in ticks), (fig["name"], ticks)
+
+
+def test_long_subplot_titles_are_wrapped_inside_the_figure(tmp_path, data, drawn):
+    name = "a summary with a name longer than its panel is wide, as probe names can get"
+    long = {name: data["summaries"]["test loglik"]}
+    diag = chain_diagnostics(long)
+    out = P.trace_plot(long, tmp_path / "trace.png", diagnostics=diag)
+    assert "\n" in drawn[0]["panels"][0]["title"]
+    _no_ink_at_the_border(out)
+    table = [
+        {"method": f"method {i}", "acc_mean": 0.8 + i / 100, "acc_std": 0.01} for i in range(2)
+    ]
+    _no_ink_at_the_border(P.comparison_plot(table, tmp_path / "cmp.png", metrics=("acc", "nll")))

@@ -10,6 +10,7 @@ metric functions themselves return fractions.
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from bayesian_lora.evaluation import metrics as M
 
@@ -58,9 +60,39 @@ def _new_figure(width: float, height: float) -> Figure:
     return fig
 
 
+def _wrap(text: str, width_inches: float, fontsize: float) -> str:
+    """``text`` wrapped to lines that fit ``width_inches`` (about 0.55 em per character)."""
+    chars = max(12, int(width_inches * 72 / (0.55 * fontsize)))
+    return "\n".join(textwrap.fill(line, chars) for line in text.split("\n"))
+
+
+def _fit_titles(fig: Figure) -> None:
+    """Wrap titles and x labels to their panel's width, y labels to its height and the
+    suptitle to the figure's width, so that constrained layout makes room for them instead of
+    letting them run off the edge."""
+    for ax in fig.axes:
+        box = ax.get_position()
+        width, height = box.width * fig.get_figwidth(), box.height * fig.get_figheight()
+        for title in (ax.title, ax._left_title, ax._right_title, ax.xaxis.label):
+            if title.get_text():
+                title.set_text(_wrap(title.get_text(), width, title.get_fontsize()))
+        label = ax.yaxis.label
+        if label.get_text():
+            label.set_text(_wrap(label.get_text(), height, label.get_fontsize()))
+    sup = fig._suptitle
+    if sup is not None and sup.get_text():
+        sup.set_text(_wrap(sup.get_text(), 0.95 * fig.get_figwidth(), sup.get_fontsize()))
+
+
+def _integer_ticks(ax: Axes) -> None:
+    """Whole-number x ticks (draws, lags)."""
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _save(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _fit_titles(fig)
     fig.savefig(path, dpi=DPI, format="png")
     fig.clear()
     return path
@@ -239,6 +271,7 @@ def trace_plot(
             d = diagnostics[name]
             sub = f"{name}: R-hat {d['rhat']:.3f}, bulk ESS {d['ess_bulk']:.0f} -> {_status(d)}"
         ax.set(xlabel="kept sample index (draw)", ylabel=name)
+        _integer_ticks(ax)
         ax.set_title(sub, fontsize=10)
         ax.grid(alpha=0.3)
     _chain_legend(fig, axes)
@@ -267,6 +300,7 @@ def autocorrelation_plot(
         ax.set(
             xlabel="lag (draws)", ylabel="autocorrelation", ylim=(min(-0.3, lowest - 0.05), 1.05)
         )
+        _integer_ticks(ax)
         ax.set_title(name, fontsize=10)
         ax.grid(alpha=0.3)
     _chain_legend(fig, axes)
@@ -387,8 +421,13 @@ def _set_comparison_ylim(ax: Axes, mean: np.ndarray, std: np.ndarray) -> bool:
     finite = np.isfinite(mean)
     if not finite.any():
         return False
+    ax.ticklabel_format(axis="y", useOffset=False)  # never "1e-13+4.375e1"
     lo, hi = np.min((mean - std)[finite]), np.max((mean + std)[finite])
-    span = max(hi - lo, 1e-12)
+    if hi - lo <= 1e-9 * max(abs(lo), abs(hi), 1.0):  # all bars equal: show them from 0
+        ref = abs(hi) if abs(hi) > 1e-12 else 1.0
+        ax.set_ylim(min(0.0, lo - 0.15 * ref), max(0.0, hi + 0.15 * ref))
+        return False
+    span = hi - lo
     zoom = lo > 2 * span
     ax.set_ylim(lo - 0.5 * span if zoom else min(0.0, lo - 0.1 * span), hi + 0.15 * span)
     return bool(zoom)
