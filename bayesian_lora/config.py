@@ -6,6 +6,7 @@ Entry points stay thin; every ``build_*`` here takes the config and returns one 
 from __future__ import annotations
 
 import logging
+import math
 import time
 import warnings
 from functools import partial
@@ -13,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from bayesian_lora.callbacks.chain_checkpoint import LAST_CHECKPOINT
 from bayesian_lora.callbacks.sample_collector import SampleCollector
@@ -94,6 +96,32 @@ def build_datamodule(cfg: DictConfig) -> TextClassificationDataModule:
         num_workers=int(d.num_workers),
         cache_dir=cfg.paths.cache_dir,
     )
+
+
+def world_size(cfg: DictConfig) -> int:
+    """Processes sharing one chain's global batch, as the trainer will resolve them:
+    ``trainer.devices`` (an integer, a list, or auto / -1 = every GPU, or 1 on a CPU) times
+    ``trainer.num_nodes``. ``train()`` checks it against the built trainer."""
+    t = cfg.trainer
+    devices = t.get("devices", 1)
+    if isinstance(devices, (list, ListConfig)):
+        count = len(devices)
+    elif str(devices) in ("auto", "-1"):
+        accelerator = str(t.get("accelerator", "auto"))
+        gpu = accelerator in ("gpu", "cuda") or (
+            accelerator == "auto" and torch.cuda.is_available()
+        )
+        count = torch.cuda.device_count() if gpu else 1
+    else:
+        count = int(devices)
+    return count * int(t.get("num_nodes") or 1)
+
+
+def steps_per_epoch(cfg: DictConfig, num_train_examples: int) -> int:
+    """Optimizer steps in one pass over the training set: each of the R ranks takes
+    ceil(n / R) examples of the epoch's order in batches of ``data.batch_size`` (RankShard)."""
+    per_rank = math.ceil(num_train_examples / world_size(cfg))
+    return math.ceil(per_rank / int(cfg.data.batch_size))
 
 
 def build_chain_plan(cfg: DictConfig, steps_per_epoch: int | None = None) -> ChainPlan | None:

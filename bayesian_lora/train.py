@@ -27,6 +27,8 @@ from bayesian_lora.config import (
     manifest_for,
     print_config,
     resolve_resume,
+    steps_per_epoch,
+    world_size,
 )
 from bayesian_lora.config_validation import validate_config
 from bayesian_lora.evaluation.predict import evaluate_module_on_test
@@ -51,11 +53,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     datamodule = build_datamodule(cfg)
     datamodule.setup("fit")
-    plan = build_chain_plan(cfg, steps_per_epoch=len(datamodule.train_dataloader()))
+    plan = build_chain_plan(cfg, steps_per_epoch(cfg, int(datamodule.num_train_examples or 0)))
     module, counts = build_module(cfg, datamodule, plan)
     manifest = manifest_for(cfg, datamodule, plan, module.prior)
     loggers = build_loggers(cfg, counts)
     trainer, collector = build_trainer(cfg, run_dir, plan, manifest, loggers)
+    counted_epochs = plan is not None and cfg.sampler.warmup.get("epochs") is not None
+    if counted_epochs and trainer.world_size != world_size(cfg):  # warm-up epochs were counted
+        raise RuntimeError(
+            f"the trainer runs {trainer.world_size} processes where trainer.devices x "
+            f"trainer.num_nodes gave {world_size(cfg)}; set trainer.devices explicitly"
+        )
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     if plan is None:

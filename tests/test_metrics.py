@@ -212,13 +212,26 @@ def test_selective_prediction_by_hand():
     assert set(default) == {"acc@50", "acc@80", "acc@90", "acc@100", "aurc"}
 
 
-def test_selective_prediction_ties_are_stable():
-    # equal confidence: the earlier example (wrong) is kept first
+def test_selective_prediction_ties_are_averaged_not_broken_by_input_order():
+    # equal confidence, one wrong and one right: each position counts half an error
     probs = np.array([[0.7, 0.3], [0.7, 0.3]])
-    _, risk = M.risk_coverage_curve(probs, np.array([1, 0]))
-    np.testing.assert_allclose(risk, [1.0, 0.5])
-    _, risk = M.risk_coverage_curve(probs, np.array([0, 1]))
-    np.testing.assert_allclose(risk, [0.0, 0.5])
+    for labels in ([1, 0], [0, 1]):
+        _, risk = M.risk_coverage_curve(probs, np.array(labels))
+        np.testing.assert_allclose(risk, [0.5, 0.5])
+    # A label-sorted split (like IMDB's test) whose confident half is one tie: 60 of its 100
+    # examples are right whatever their order, so acc@50 = 0.6 sorted, reversed or shuffled.
+    conf = np.r_[np.full(100, 0.9), np.linspace(0.55, 0.65, 100)]
+    pred = np.r_[np.zeros(100, int), np.ones(100, int)]
+    labels = np.r_[np.zeros(60, int), np.ones(40, int), np.ones(100, int)]
+    probs = np.where(pred[:, None] == np.arange(2), conf[:, None], 1 - conf[:, None])
+    order = np.argsort(labels, kind="stable")  # sorted by label
+    rng = np.random.default_rng(0)
+    for perm in (order, order[::-1], rng.permutation(200)):
+        out = M.selective_prediction(probs[perm], labels[perm])
+        assert out["acc@50"] == pytest.approx(0.6)
+        assert out["aurc"] == pytest.approx(
+            M.selective_prediction(probs[order], labels[order])["aurc"]
+        )
 
 
 def test_ood_detection_by_hand():

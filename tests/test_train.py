@@ -146,3 +146,16 @@ def test_warm_start_in_epochs_becomes_steps(synthetic_data_dir: Path, tmp_path: 
     )
     assert build_chain_plan(cfg, steps_per_epoch=6).warmup_steps == 12
     assert build_chain_plan(cfg, steps_per_epoch=None).warmup_steps == 0
+
+
+def test_warm_start_epochs_count_the_global_batch_under_ddp(tmp_path: Path) -> None:
+    """R ranks share an epoch: 64 examples at 8 per rank are 4 steps on 2 ranks, not 8."""
+    from bayesian_lora.config import build_chain_plan, steps_per_epoch, world_size
+
+    extra = ["sampler=sgld", "sampler.warmup.epochs=1", "data.batch_size=8"]
+    one = compose_train(smoke_overrides(tmp_path, tmp_path, *extra))
+    two = compose_train(smoke_overrides(tmp_path, tmp_path, *extra, "trainer=ddp_cpu"))
+    assert (world_size(one), world_size(two)) == (1, 2)
+    assert steps_per_epoch(one, 64) == 8 and steps_per_epoch(two, 64) == 4
+    assert steps_per_epoch(two, 65) == 5  # ceil(65 / 2) = 33 per rank: 5 batches of 8
+    assert build_chain_plan(two, steps_per_epoch(two, 64)).warmup_steps == 4

@@ -267,19 +267,28 @@ def metrics_vs_ensemble_size(
 # ----------------------------------------------------------------------------- selective prediction
 
 
-def _confidence_order(p: np.ndarray) -> np.ndarray:
-    """Indices sorted by decreasing max probability; ties keep input order (stable)."""
-    return np.argsort(-p.max(axis=1), kind="stable")
+def _ranked_errors(p: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Errors (0/1) in decreasing order of max probability, ties averaged.
+
+    Each example of a group of equal confidences gets the group's mean error, which is the
+    expected error at those positions under a uniformly random order of the tie: the curve does
+    not depend on the input order (a label-sorted split with tied confidences is not favoured).
+    """
+    conf = p.max(axis=1)
+    errors = (p.argmax(axis=1) != y).astype(np.float64)
+    _, group, counts = np.unique(-conf, return_inverse=True, return_counts=True)
+    group_error = np.bincount(group, weights=errors) / counts
+    return group_error[np.sort(group)]
 
 
 def risk_coverage_curve(probs: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
     """``coverage[k-1] = k/N`` and ``risk[k-1]`` = error rate among the k most confident.
 
-    Confidence is the max probability; ties are broken stably (input order).
+    Confidence is the max probability; tied confidences count with their group's mean error
+    (the expectation over the tie's orders), so the curve does not depend on the input order.
     """
     p, y = _check_probs(probs, labels)
-    order = _confidence_order(p)
-    errors = (p.argmax(axis=1) != y)[order].astype(np.float64)
+    errors = _ranked_errors(p, y)
     k = np.arange(1, len(y) + 1, dtype=np.float64)
     return k / len(y), np.cumsum(errors) / k
 
@@ -294,7 +303,7 @@ def selective_prediction(
     """Accuracy on the most confident fraction + area under the risk-coverage curve.
 
     ``acc@{100c}``: accuracy on the ``k = max(1, ceil(c * N))`` examples with the highest max
-    probability (stable ties).  ``aurc = (1/N) sum_{k=1..N} risk_k`` with ``risk_k`` the error
+    probability (ties averaged, see :func:`risk_coverage_curve`).  ``aurc = (1/N) sum_{k=1..N} risk_k`` with ``risk_k`` the error
     rate among the k most confident examples (a plain mean over k, no interpolation; lower is
     better).
     """
