@@ -272,14 +272,22 @@ def manifest_for(
     }
 
 
+def wandb_group(model: str, task: str, sampler: str, sweep_dir: str | Path | None = None) -> str:
+    """The one W&B group rule, for training and evaluation runs alike: the sweep folder's name
+    for the runs of a ``-m`` sweep (a sweep reads as one dashboard), else
+    ``<model>-<task>-<sampler>``."""
+    return Path(sweep_dir).name if sweep_dir else f"{model}-{task}-{sampler}"
+
+
 def sweep_group(cfg: DictConfig) -> str:
-    """W&B group: the sweep folder's name under ``-m`` (a sweep reads as one dashboard)."""
+    """W&B group of this training run (:func:`wandb_group`)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    sweep = None
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        return Path(HydraConfig.get().sweep.dir).name
-    return f"{cfg.model.name}-{cfg.data.task}-{cfg.sampler.name}"
+        sweep = HydraConfig.get().sweep.dir
+    return wandb_group(cfg.model.name, cfg.data.task, cfg.sampler.name, sweep)
 
 
 def build_loggers(cfg: DictConfig, counts: dict[str, Any]) -> list[Any]:

@@ -100,6 +100,12 @@ def test_finds_every_run_of_the_sweep(sweep: Path) -> None:
     ]
 
 
+def test_run_folders_of_a_real_sweep_know_their_sweep(sweep: Path) -> None:
+    from bayesian_lora.evaluation.wandb_logging import training_sweep
+
+    assert training_sweep(sweep / "2_tiny_mrpc_sgld_s0") == sweep.resolve()
+
+
 def test_table_has_mean_std_over_seeds_and_a_deep_ensemble_row(
     report: dict[str, Any], sweep: Path
 ) -> None:

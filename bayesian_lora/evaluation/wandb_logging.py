@@ -1,7 +1,10 @@
 """Optional Weights & Biases logging of an evaluation: summary metrics and the PNG plots.
 
-Runs are grouped like the training runs (``<model>-<task>-<sampler>``, the train logger's
-group) so an evaluation sits beside the chains it evaluated. Works offline
+Runs are grouped like the training runs, by the one rule of ``config.wandb_group``: the
+evaluation of runs trained in a ``-m`` sweep joins the sweep's group (the sweep folder's name),
+so it sits beside the chains it evaluated; otherwise ``<model>-<task>-<sampler>`` (the kind,
+e.g. ``pooled_chains``, in place of the sampler for several folders). ``wandb.group=`` sets it
+by hand. The W&B run is finished in a ``finally``, also when logging fails. Works offline
 (``mode: offline`` or ``WANDB_MODE=offline``; then ``wandb sync <out_dir>/wandb/offline-run-*``).
 """
 
@@ -41,11 +44,29 @@ def _finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def training_sweep(run_dir: str | Path) -> Path | None:
+    """The sweep folder a run folder was trained in under ``-m`` (None for a single run)."""
+    from omegaconf import OmegaConf
+
+    hydra_yaml = Path(run_dir) / ".hydra" / "hydra.yaml"
+    if not hydra_yaml.is_file():
+        return None
+    saved = OmegaConf.load(hydra_yaml)
+    mode = OmegaConf.select(saved, "hydra.mode", default=None)
+    return Path(run_dir).resolve().parent if str(mode) == "MULTIRUN" else None
+
+
 def run_group(result: Mapping[str, Any], manifest: Mapping[str, Any]) -> str:
-    """``<model>-<task>-<sampler>``; pooled evaluations use their kind instead of the sampler."""
-    samplers = {r["sampler"] for r in result["runs"]}
-    sampler = samplers.pop() if len(samplers) == 1 and len(result["runs"]) == 1 else result["kind"]
-    return f"{manifest['model'].get('name', 'model')}-{result['task']}-{sampler}"
+    """The evaluated runs' sweep group if they come from one sweep, else
+    ``<model>-<task>-<sampler>`` (the kind instead of the sampler for several runs)."""
+    from bayesian_lora.config import wandb_group
+
+    runs = result["runs"]
+    sweeps = {training_sweep(r["run_dir"]) for r in runs}
+    sweep = sweeps.pop() if len(sweeps) == 1 else None
+    samplers = {r["sampler"] for r in runs}
+    sampler = samplers.pop() if len(samplers) == 1 and len(runs) == 1 else result["kind"]
+    return wandb_group(manifest["model"].get("name", "model"), result["task"], sampler, sweep)
 
 
 def log_evaluation(
