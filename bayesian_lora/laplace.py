@@ -106,8 +106,10 @@ def fit_laplace(cfg: DictConfig) -> dict[str, Any]:
         str(cfg.structure),  # type: ignore[arg-type]
         obs_std=module.obs_std,
     )
-    run_delta = 1.0 / float(run_cfg.prior_std) ** 2
-    post = LaplacePosterior(curvature, run_delta)
+    # The run's prior is isotropic only with prior_std set; Laplace's delta here is one scalar.
+    prior_std = run_cfg.get("prior_std")
+    run_delta = None if prior_std is None else 1.0 / float(prior_std) ** 2
+    post = LaplacePosterior(curvature, run_delta or 1.0)
     start = time.perf_counter()
     grid_results = choose_prior_precision(cfg, post, module, dm, device)
     select_seconds = time.perf_counter() - start
@@ -121,7 +123,7 @@ def fit_laplace(cfg: DictConfig) -> dict[str, Any]:
         "prior_std": post.prior_precision**-0.5,
         "run_prior_precision": run_delta,
         "log_marglik": post.log_marglik(),
-        "log_marglik_at_run_prior": post.log_marglik(run_delta),
+        "log_marglik_at_run_prior": None if run_delta is None else post.log_marglik(run_delta),
         "val_nll_grid": grid_results,
         "num_data": curvature.num_data,
         "num_params": curvature.num_params,
@@ -220,14 +222,18 @@ def summary(info: dict[str, Any], out_dir: Path) -> str:
         [
             f"Laplace ({info['structure']}) around {info['from_run']}",
             f"  prior precision {info['prior_precision']:.4g} ({info['prior_precision_mode']}; "
-            f"the run's {info['run_prior_precision']:.4g})",
+            f"the run's: {_fmt(info['run_prior_precision'])}, isotropic runs only)",
             f"  log marginal likelihood {info['log_marglik']:.4f} "
-            f"(at the run's prior {info['log_marglik_at_run_prior']:.4f})",
+            f"(at the run's prior: {_fmt(info['log_marglik_at_run_prior'])})",
             f"  curvature: {info['num_data']} examples, {info['num_params']:,} parameters, "
             f"{c['curvature_backward_passes']} backward passes, {c['curvature_seconds']:.1f} s",
             f"  {out_dir} (evaluate: python -m bayesian_lora.evaluate run_dir={out_dir})",
         ]
     )
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="laplace")

@@ -154,7 +154,7 @@ def test_marginal_likelihood_and_its_optimal_prior_precision(kind: str, structur
 def test_laplace_cli_on_a_tiny_map_run_then_evaluate(
     synthetic_data_dir: Path, tmp_path: Path
 ) -> None:
-    run = train_run(synthetic_data_dir, tmp_path / "map", "trainer.max_epochs=1")
+    run = train_run(synthetic_data_dir, tmp_path / "map", "trainer.max_epochs=1", "prior_std=1.0")
     info = fit_laplace(compose_config("laplace", [f"run_dir={run}", "num_samples=5"]))
     out = tmp_path / "map_laplace_kron"
     draws, manifest = load_samples(out)

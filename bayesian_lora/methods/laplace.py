@@ -6,7 +6,9 @@ sample stack holds draws from the Laplace posterior (so evaluate, report and poo
 unchanged) and whose ``laplace.safetensors`` holds its parameters.
 
 Model. theta* = the MAP's sampled parameters (every one belongs to an ``nn.Linear``: LoRA A, LoRA
-B, the head); N training examples; prior N(0, delta^-1 I) (the run's delta = 1 / prior_std^2).
+B, the head); N training examples; an isotropic prior N(0, delta^-1 I), one scalar delta (the
+run's own per-group prior, ``prior=default``, is not used; with ``prior_std`` set, 1 / prior_std^2
+is reported for comparison and is the starting point).
 The posterior is approximated by N(theta*, P^-1) with
 
     P = H + delta I,   H = sum_i J_i^T Lambda_i J_i        (generalised Gauss-Newton)
