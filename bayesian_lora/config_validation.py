@@ -223,6 +223,22 @@ FAMILIES: dict[str, Family] = {
         ("pre_classifier",),
     ),
 }
+# Causal LMs (MCQA): no head is trained (modules_to_save must be empty).
+_DECODER_LINEAR = (
+    *("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    "lm_head",
+)
+FAMILIES.update(
+    {
+        "Llama": Family(("meta-llama/*",), _DECODER_LINEAR, (), (), 4096),
+        "SmolLM2": Family(("huggingfacetb/smollm2-*",), _DECODER_LINEAR, (), (), 8192),
+        "Qwen2": Family(("qwen/qwen2*",), _DECODER_LINEAR, (), (), 32768),
+        "Mistral": Family(("mistralai/mistral-*",), _DECODER_LINEAR, (), (), 32768),
+        "tiny causal": Family(("tiny-causal",), _DECODER_LINEAR, (), (), 1024),
+    }
+)
+MODEL_KINDS = ("encoder", "causal")
+CAUSAL_DTYPES = ("float32", "bfloat16")
 
 
 # ---------------------------------------------------------------- validation
@@ -252,6 +268,7 @@ def validate_config(cfg: DictConfig) -> None:
     errors: list[str] = []
     _check_model_family(cfg, errors)  # first: its limits are the more specific ones
     _apply(cfg, COMMON_RULES, errors)
+    _check_task_type(cfg, errors)
     _check_unknown(cfg, "model.lora", LORA_KEYS, "model.lora", errors)
     _check_prior(cfg, errors)
     if _get(cfg, "sampler.name") == "map":
@@ -344,6 +361,35 @@ def _check_model_family(cfg: DictConfig, errors: list[str]) -> None:
         ),
     ]
     _apply(cfg, rules, errors)
+
+
+def _check_task_type(cfg: DictConfig, errors: list[str]) -> None:
+    """Encoders take text-classification tasks, causal LMs MCQA tasks; training needs a train split."""
+    kind = _get(cfg, "model.kind")
+    kind = "encoder" if kind in (_MISSING, None) else kind
+    _apply(cfg, [("model.dtype", _optional(_one_of(CAUSAL_DTYPES)))], errors)
+    if kind not in MODEL_KINDS:
+        _apply(cfg, [("model.kind", _one_of(MODEL_KINDS))], errors)
+        return
+    task = TASKS.get(_get(cfg, "data.task"))
+    if task is None:
+        return  # reported by the data.task rule
+    mcqa = sorted(n for n, t in TASKS.items() if t.is_mcqa)
+    if kind == "causal" and not task.is_mcqa:
+        allowed = f"an MCQA task for a causal LM (model.kind=causal): {', '.join(mcqa)}"
+    elif kind == "encoder" and task.is_mcqa:
+        allowed = (
+            "a text-classification task for an encoder; MCQA tasks need a causal LM "
+            "(model=smollm2, llama, qwen, mistral or tiny_causal)"
+        )
+    elif task.train_split is None:
+        allowed = (
+            f"a task with a train split ({task.name} is evaluation-only: "
+            f"python -m bayesian_lora.evaluate ... shift=[{task.name}])"
+        )
+    else:
+        return
+    errors.append(f"data.task={task.name!r} is not allowed: {allowed}")
 
 
 def _check_chain(cfg: DictConfig, errors: list[str]) -> None:

@@ -48,13 +48,14 @@ from bayesian_lora.evaluation.chains import (
     diagnostics_verdict,
 )
 from bayesian_lora.evaluation.members import are_chains, gather_samples, select_members
-from bayesian_lora.evaluation.predict import eval_run_config, predict
+from bayesian_lora.evaluation.predict import eval_run_config, predict, shift_tasks
 from bayesian_lora.evaluation.results import (
     calibrated_result,
     describe,
     evaluate_predictions,
     lora_parameter_stats,
     ood_metrics,
+    shift_metrics,
 )
 from bayesian_lora.evaluation.write import default_out_dir, format_result, write_outputs
 from bayesian_lora.methods import get_calibrator
@@ -213,6 +214,8 @@ def check_options(cfg: DictConfig) -> None:
         raise ConfigError(f"split={split!r} is not allowed: one of {', '.join(SPLITS)}")
     if cfg.get("ood") is not None:
         get_task(str(cfg.ood))  # unknown names raise, listing the choices
+    for name in shift_tasks(cfg):
+        get_task(name)
     if cfg.get("calibrate") is not None:
         get_calibrator(str(cfg.calibrate))  # unknown names raise, listing the choices
         if split != "test":
@@ -245,6 +248,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     result["parameters"] = lora_parameter_stats(samples)
     if m.ood_preds is not None:
         result["ood"] = ood_metrics(m.preds, m.ood_preds, str(cfg.ood))
+    if m.shift:
+        result["shift"] = shift_metrics(task, result["ensemble"], m.shift, len(m.labels))
     calibrated = None
     if calibrate is not None and m.val_preds is not None and m.val_labels is not None:
         state, calibrated, ood_cal = calibrate_predictive(
@@ -285,6 +290,13 @@ def prepare(cfg: DictConfig) -> tuple[list[RunFolder], DictConfig, TaskSpec]:
         raise ConfigError(
             f"ood={cfg.ood!r}: OOD scoring needs a classification task, not {task.name}"
         )
+    others = [("ood", str(cfg.ood))] if cfg.get("ood") is not None else []
+    for key, name in [*others, *(("shift", n) for n in shift_tasks(cfg))]:
+        if get_task(name).is_mcqa != task.is_mcqa or get_task(name).is_regression:
+            kind = "an MCQA task" if task.is_mcqa else "a text-classification task"
+            raise ConfigError(
+                f"{key}={name!r} is not allowed: {kind}, like the runs' task {task.name!r}"
+            )
     if cfg.get("calibrate") is not None and task.is_regression:
         raise ConfigError(
             f"calibrate={cfg.calibrate!r}: temperature scaling tempers a softmax, and "

@@ -1,6 +1,12 @@
 """Step time of each sampler against a plain PEFT + AdamW training step, same model and batch.
 
     python benchmarks/step_time.py --model minilm --batch-size 32 --length 64 --repeats 5
+    python benchmarks/step_time.py --model smollm2 --batch-size 8 --length 96   # causal LM (MCQA)
+
+For a causal LM (``kind: causal``, e.g. ``smollm2``, ``tiny_causal``) every step reads the answer
+letters at the last position only (``AnswerLetterLM``), and one more baseline is timed:
+``peft_adamw``, plain PEFT (``TaskType.CAUSAL_LM``) + AdamW on the usual LM loss of the answer
+token (the full-vocabulary logits at every position), same LoRA config, batch and base weights.
 
 Targets (issue "Samplers"): SGLD, pSGLD, ASGLD, SGHMC within 1.05x of AdamW; SAM variants
 within 2.1x (two forward/backward passes); the sample-collection copy under 1% of a step.
@@ -21,6 +27,7 @@ import torch
 from omegaconf import OmegaConf
 
 from bayesian_lora.config import CONFIG_DIR
+from bayesian_lora.data.mcqa import CHOICE_MASK, LETTERS
 from bayesian_lora.methods.swag import SWAGMoments
 from bayesian_lora.models.lora import ModelSettings, build_lora_model, sampled_parameters
 from bayesian_lora.samplers import SAMPLERS
@@ -39,15 +46,52 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def make_batch(vocab: int, batch: int, length: int, device: torch.device) -> dict:
+def make_batch(
+    vocab: int, batch: int, length: int, device: torch.device, num_labels: int = 2
+) -> dict:
     g = torch.Generator().manual_seed(0)
-    return {
-        "input_ids": torch.randint(min(1000, vocab // 2), vocab, (batch, length), generator=g).to(
-            device
-        ),
-        "attention_mask": torch.ones(batch, length, dtype=torch.long, device=device),
-        "labels": torch.randint(0, 2, (batch,), generator=g).to(device),
+    out = {
+        "input_ids": torch.randint(min(1000, vocab // 2), vocab, (batch, length), generator=g),
+        "attention_mask": torch.ones(batch, length, dtype=torch.long),
+        "labels": torch.randint(0, num_labels, (batch,), generator=g),
     }
+    if num_labels == len(LETTERS):  # MCQA: every letter shown
+        out[CHOICE_MASK] = torch.ones(batch, num_labels, dtype=torch.long)
+    return {k: v.to(device) for k, v in out.items()}
+
+
+def plain_peft_step(settings: ModelSettings, batch: dict, device: torch.device) -> Callable:
+    """Plain PEFT causal LM + AdamW: LM loss of the answer token appended to each prompt."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    from bayesian_lora.models.causal import build_base_lm, build_causal_tokenizer, letter_token_ids
+
+    lora = settings.lora
+    config = LoraConfig(
+        task_type=TaskType.CAUSAL_LM,
+        r=int(lora.r),
+        lora_alpha=int(lora.alpha),
+        lora_dropout=float(lora.dropout),
+        target_modules=list(lora.target_modules),
+    )
+    model = get_peft_model(build_base_lm(settings), config).to(device).train()
+    letters = torch.tensor(
+        letter_token_ids(build_causal_tokenizer(settings), LETTERS), device=device
+    )
+    answer = letters[batch["labels"]][:, None]
+    input_ids = torch.cat([batch["input_ids"], answer], dim=1)
+    labels = torch.full_like(input_ids, -100)
+    labels[:, -1] = answer[:, 0]
+    mask = torch.ones_like(input_ids)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.0)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        model(input_ids=input_ids, attention_mask=mask, labels=labels).loss.backward()
+        opt.step()
+
+    return step
 
 
 def make_optimizers(params: list, num_data: int) -> dict[str, torch.optim.Optimizer]:
@@ -87,22 +131,31 @@ def main() -> None:
     )
     if args.name_or_path:
         settings.name_or_path = args.name_or_path
-    model = build_lora_model(settings, 2).to(device)
+    causal = settings.kind == "causal"
+    num_labels = len(LETTERS) if causal else 2
+    model = build_lora_model(settings, num_labels).to(device)
     model.train()
     params = list(sampled_parameters(model).values())
-    batch = make_batch(model.config.vocab_size, args.batch_size, args.length, device)
+    batch = make_batch(model.config.vocab_size, args.batch_size, args.length, device, num_labels)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
 
     def closure() -> torch.Tensor:
         for p in params:
             p.grad = None
         with autocast:
-            loss = model(**batch).loss
+            if causal:  # the letter read-out has no built-in loss: u's NLL term
+                inputs = {k: v for k, v in batch.items() if k != "labels"}
+                logits = model(**inputs).logits.float()
+                loss = torch.nn.functional.cross_entropy(logits, batch["labels"])
+            else:
+                loss = model(**batch).loss
         loss.backward()
         return loss
 
     opts = make_optimizers(params, num_data=10_000)
-    steps = {name: (lambda o=opt: o.step(closure)) for name, opt in opts.items()}
+    steps: dict[str, Callable[[], object]] = {
+        name: (lambda o=opt: o.step(closure)) for name, opt in opts.items()
+    }
     moments, named = SWAGMoments(rank=20), sampled_parameters(model)
 
     def swag_step() -> None:  # SGD step, then collection (SWAGCollector at a kept step)
@@ -110,6 +163,8 @@ def main() -> None:
         moments.collect(named)
 
     steps["swag (collect every step)"] = swag_step
+    if causal:
+        steps = {"peft_adamw": plain_peft_step(settings, batch, device), **steps}
     for step in steps.values():  # warm-up: allocator, optimizer state
         step()
     times: dict[str, list[float]] = {name: [] for name in steps}
@@ -130,10 +185,14 @@ def main() -> None:
     )
     print("| step | median s/step | ratio to AdamW | target |")
     print("|---|---|---|---|")
+    if causal:
+        peft = statistics.median(times.pop("peft_adamw"))
+        print(f"| plain PEFT causal LM + AdamW (LM loss) | {peft:.4f} | {peft / base:.3f} | |")
     for name, ts in times.items():
         target = "1.00" if name == "adamw" else ("<= 2.10" if name.startswith("sam") else "<= 1.05")
         med = statistics.median(ts)
-        print(f"| {name} | {med:.4f} | {med / base:.3f} | {target} |")
+        vs_peft = f" ({med / peft:.3f} of plain PEFT)" if causal else ""
+        print(f"| {name} | {med:.4f} | {med / base:.3f}{vs_peft} | {target} |")
     print(f"| sample copy (per kept sample) | {copy_time:.6f} | {copy_time / base:.5f} | < 0.01 |")
 
 

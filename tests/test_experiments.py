@@ -35,11 +35,14 @@ def test_experiment_smoke_runs_on_the_tiny_model(
     experiment: str, synthetic_data_dir: Path, tmp_path: Path
 ) -> None:
     first_job = sweep_first_job(experiment)
+    causal = compose_train([f"experiment={experiment}"]).model.get("kind") == "causal"
+    tiny = "tiny_causal" if causal else "tiny"  # MCQA experiments need a causal LM
+    smoke = smoke_overrides(synthetic_data_dir, tmp_path, *SMALL)
     cfg = compose_train(
         [f"experiment={experiment}", *first_job]
-        + smoke_overrides(synthetic_data_dir, tmp_path, *SMALL)
+        + [f"model={tiny}" if o == "model=tiny" else o for o in smoke]
     )
-    assert cfg.model.name == "tiny"
+    assert cfg.model.name == tiny
     train(cfg)
     _, manifest = load_samples(tmp_path)
     assert manifest["status"] == "complete"

@@ -3,6 +3,9 @@
 Splits: ``train`` and ``validation`` are carved from the task's train split (seeded by
 ``split_seed``; stratified by label for classification), validation drives early stopping and
 model selection, and ``test`` is ``task.test_split``, a labelled split nothing is tuned on.
+``setup("test")`` builds the test split alone (what shift and OOD sets need), so evaluation-only
+tasks (no train split, e.g. MMLU) work there. MCQA rows are first turned into prompts with answer
+letters (:mod:`bayesian_lora.data.mcqa`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
+from bayesian_lora.data.mcqa import CHOICE_MASK, to_classification
 from bayesian_lora.data.tasks import TaskSpec, get_task
 
 log = logging.getLogger(__name__)
@@ -47,14 +51,23 @@ def _missing(task: TaskSpec, path: Path, reason: str) -> FileNotFoundError:
 
 
 def load_task_dataset(
-    task: TaskSpec, data_dir: Path | None, cache_dir: str | None = None
+    task: TaskSpec, data_dir: Path | None, cache_dir: str | None = None, test_only: bool = False
 ) -> datasets.DatasetDict:
     """Load ``task`` from ``data_dir / task.hub_id`` (a local copy laid out like the Hub repo),
     or from the Hub when ``data_dir`` is None. Raises ``FileNotFoundError`` naming the folder
-    when the local copy, its config or a split the task needs is missing."""
+    when the local copy, its config or a split the task needs (train and test; only test with
+    ``test_only``) is missing."""
+    needed: list[str | None] = (
+        [task.test_split] if test_only else [task.train_split, task.test_split]
+    )
+    if None in needed:
+        raise ValueError(
+            f"task {task.name!r} is evaluation-only (no train split): evaluate on it "
+            f"(evaluate ... ood={task.name} or shift=[{task.name}]) instead of training on it"
+        )
     if data_dir is None:
         dsd = datasets.load_dataset(task.hub_id, task.hub_config, cache_dir=cache_dir)
-        return _check_splits(task, dsd, task.hub_id)
+        return _check_splits(task, dsd, task.hub_id, needed)
     path = Path(data_dir) / task.hub_id
     if not path.is_dir():
         raise _missing(task, path, "no such folder")
@@ -66,16 +79,18 @@ def load_task_dataset(
         if "not found" not in str(err):
             raise
         raise _missing(task, path, str(err)) from err
-    return _check_splits(task, dsd, path)
+    return _check_splits(task, dsd, path, needed)
 
 
 def _check_splits(
-    task: TaskSpec, dsd: datasets.DatasetDict, where: Path | str
+    task: TaskSpec, dsd: datasets.DatasetDict, where: Path | str, needed: list[str | None]
 ) -> datasets.DatasetDict:
-    missing = [s for s in (task.train_split, task.test_split) if s not in dsd]
+    missing = [s for s in needed if s not in dsd]
     if not missing:
         return dsd
     reason = f"splits {missing} missing (found {sorted(dsd)})"
+    if task.train_split in missing and task.test_split in dsd:
+        reason += f"; without {task.train_split!r} it can only be evaluated on (ood=/shift=)"
     if isinstance(where, Path):
         raise _missing(task, where, reason)
     raise FileNotFoundError(f"task {task.name!r}: Hub dataset {where!r}: {reason}")
@@ -134,6 +149,8 @@ def _tokenize(
     texts = [[t if isinstance(t, str) else "" for t in batch[f]] for f in text_fields]
     encoded = dict(tokenizer(*texts, truncation=True, max_length=max_length))
     encoded[LABELS] = batch[label_field]
+    if CHOICE_MASK in batch:  # MCQA: which answer letters the row shows
+        encoded[CHOICE_MASK] = batch[CHOICE_MASK]
     return encoded
 
 
@@ -307,19 +324,33 @@ class TextClassificationDataModule(L.LightningDataModule):
         load_task_dataset(self.task, self.data_dir, self.cache_dir)
 
     def setup(self, stage: str | None = None) -> None:
-        """Load, split and tokenise all three splits; later calls are no-ops."""
-        if self.datasets:
+        """Load, split and tokenise all three splits (``"test"``: the test split alone); later
+        calls are no-ops once what they need is there."""
+        if "train" in self.datasets or (stage == "test" and self.datasets):
             return
-        raw = load_task_dataset(self.task, self.data_dir, self.cache_dir)
+        test_only = stage == "test"
+        raw = load_task_dataset(self.task, self.data_dir, self.cache_dir, test_only)
+        used = (
+            [self.task.test_split] if test_only else [self.task.train_split, self.task.test_split]
+        )
+        raw = datasets.DatasetDict({str(name): raw[name] for name in dict.fromkeys(used)})
+        if self.task.is_mcqa:
+            raw = to_classification(self.task, raw)
         splits = self._select_splits(raw)
         for name, ds in splits.items():
             _check_labelled(self.task, name, ds)
         self.datasets = {name: self._tokenize(ds) for name, ds in splits.items()}
-        self.num_train_examples = len(self.datasets["train"])
-        self.train_sampler = ResumableRandomSampler(self.num_train_examples, self.shuffle_seed)
+        if "train" in self.datasets:
+            self.num_train_examples = len(self.datasets["train"])
+            self.train_sampler = ResumableRandomSampler(self.num_train_examples, self.shuffle_seed)
 
     def _select_splits(self, raw: datasets.DatasetDict) -> dict[str, datasets.Dataset]:
         """Carve validation from train, apply the sample limits, record the source row ids."""
+        test = raw[self.task.test_split]
+        test_ids = _seeded_subset(len(test), self.max_eval_samples, self.split_seed)
+        if self.task.train_split not in raw:  # setup("test"): the test split alone
+            self.split_indices = {"test": test_ids.tolist()}
+            return {"test": test.select(test_ids)}
         source = raw[self.task.train_split]
         labels = None if self.task.is_regression else _column(source, self.task.label_field)
         train_ids, val_ids = carve_validation(
@@ -329,8 +360,6 @@ class TextClassificationDataModule(L.LightningDataModule):
             train_ids = train_ids[: self.max_train_samples]
         train_ids = np.sort(train_ids)
         val_ids = val_ids[_seeded_subset(len(val_ids), self.max_eval_samples, self.split_seed)]
-        test = raw[self.task.test_split]
-        test_ids = _seeded_subset(len(test), self.max_eval_samples, self.split_seed)
         self.split_indices = {
             "train": train_ids.tolist(),
             "validation": val_ids.tolist(),

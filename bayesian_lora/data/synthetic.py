@@ -4,14 +4,19 @@
 plus the repo's ``README.md`` (whose YAML ``configs:`` header is what lets
 ``datasets.load_dataset(str(root / "nyu-mll/glue"), "mrpc")`` find a config in a local folder), so
 ``TextClassificationDataModule(..., data_dir=root)`` reads it exactly as it reads a real copy.
-Texts carry label-dependent cue words, so a small model can learn them in smoke tests.
+Texts carry label-dependent cue words, so a small model can learn them in smoke tests. The
+multiple-choice QA sets are written in each dataset's own Hub schema (ARC with 3-5 choices and
+some ``1``-``4`` labels, OpenBookQA, MMLU, BoolQ, WinoGrande with hidden test answers), so the
+prompt formatting of :mod:`bayesian_lora.data.mcqa` reads them as it reads the real ones.
 """
 
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -49,7 +54,26 @@ class _Layout:
     default: bool = False
 
 
+_MCQA_LAYOUTS = {  # the Hub repos' configs, folders and splits
+    "obqa": _Layout("main", "main", ("train", "validation", "test")),
+    "arc_e": _Layout("ARC-Easy", "ARC-Easy", ("train", "validation", "test")),
+    "arc_c": _Layout("ARC-Challenge", "ARC-Challenge", ("train", "validation", "test")),
+    "mmlu": _Layout("all", "all", ("test", "validation", "dev")),
+    "boolq": _Layout("default", "data", ("train", "validation")),
+    **{
+        name: _Layout(config, config, ("train", "validation", "test"))
+        for name, config in (
+            ("winogrande", "winogrande_xl"),
+            ("winogrande_s", "winogrande_s"),
+            ("winogrande_m", "winogrande_m"),
+        )
+    },
+}
+
+
 def _layout(task: TaskSpec) -> _Layout:
+    if task.is_mcqa:
+        return _MCQA_LAYOUTS[task.name]
     if task.hub_id == "stanfordnlp/imdb":
         return _Layout("plain_text", "plain_text", ("train", "test", "unsupervised"), default=True)
     if task.hub_id == "fancyzhx/ag_news":
@@ -116,15 +140,68 @@ def _split_dataset(task: TaskSpec, split: str, n: int, rng: np.random.Generator)
     return Dataset.from_dict(rows, features=_features(task))
 
 
+def _choices(rng: np.random.Generator, n: int, answer: int) -> list[str]:
+    """``n`` short choice texts; the right one carries the cue word "right"."""
+    return [
+        " ".join(_words(rng, 1, 3) + (["right"] if i == answer else ["wrong"])) for i in range(n)
+    ]
+
+
+def _mcqa_row(task: TaskSpec, split: str, i: int, rng: np.random.Generator) -> dict[str, Any]:
+    """One row in the dataset's own Hub schema (answers hidden where the Hub hides them)."""
+    question = " ".join(_words(rng)) + "?"
+    if task.template in ("arc", "obqa"):
+        n = 3 if i % 11 == 5 else 5 if (i % 13 == 6 and task.template == "arc") else 4
+        answer = int(rng.integers(0, n))
+        labels = [str(k + 1) for k in range(n)] if i % 7 == 3 and task.template == "arc" else None
+        labels = labels or ["A", "B", "C", "D", "E"][:n]
+        row = {
+            "id": f"{task.name}-{split}-{i}",
+            "question" if task.template == "arc" else "question_stem": question,
+            "choices": {"text": _choices(rng, n, answer), "label": labels},
+            "answerKey": labels[answer],
+        }
+        return row
+    if task.template == "mmlu":
+        answer = int(rng.integers(0, 4))
+        subject = ("anatomy", "virology", "high_school_physics")[i % 3]
+        return {
+            "question": question,
+            "subject": subject,
+            "choices": _choices(rng, 4, answer),
+            "answer": answer,
+        }
+    if task.template == "boolq":
+        yes = bool(rng.integers(0, 2))
+        passage = _with_cue(rng, _words(rng, 6, 12), ("indeed", "true") if yes else ("never",))
+        return {"question": question.rstrip("?"), "answer": yes, "passage": passage}
+    answer = int(rng.integers(1, 3))  # winogrande
+    names = ("Anna", "Maria") if i % 2 else ("Tom", "Sam")
+    sentence = f"{names[0]} helped {names[1]} because _ was {'kind' if answer == 1 else 'sad'}."
+    hidden = split == "test"
+    return {
+        "sentence": sentence,
+        "option1": names[0],
+        "option2": names[1],
+        "answer": "" if hidden else str(answer),
+    }
+
+
+def _mcqa_dataset(task: TaskSpec, split: str, n: int, rng: np.random.Generator) -> Dataset:
+    return Dataset.from_list([_mcqa_row(task, split, i, rng) for i in range(n)])
+
+
 def _readme_entries(
     task: TaskSpec, layout: _Layout, tables: dict[str, pa.Table]
 ) -> tuple[dict, dict]:
     config: dict = {
         "config_name": layout.config_name,
-        "data_files": [{"split": s, "path": f"{layout.folder}/{s}-*"} for s in layout.splits],
+        "data_files": [{"split": s, "path": f"{layout.folder}/{s}-*"} for s in tables],
     }
     if layout.default:
         config["default"] = True
+    if task.is_mcqa:  # features as the parquet files store them
+        return config, {}
     info = {
         "config_name": layout.config_name,
         "features": _features(task)._to_yaml_list(),
@@ -144,11 +221,14 @@ def _write_readme(repo: Path, hub_id: str) -> None:
         folder = repo / layout.folder
         if task.hub_id != hub_id or not folder.is_dir():
             continue
-        tables = {s: pq.read_table(_shard(folder, s)) for s in layout.splits}
+        present = [s for s in layout.splits if _shard(folder, s).is_file()]
+        tables = {s: pq.read_table(_shard(folder, s)) for s in present}
         config, info = _readme_entries(task, layout, tables)
         configs.append(config)
-        infos.append(info)
-    header = yaml.safe_dump({"configs": configs, "dataset_info": infos}, sort_keys=False)
+        if info:
+            infos.append(info)
+    card: dict = {"configs": configs, **({"dataset_info": infos} if infos else {})}
+    header = yaml.safe_dump(card, sort_keys=False)
     body = f"# {hub_id} (synthetic)\n\nTiny synthetic data in the schema of `{hub_id}`.\n"
     (repo / "README.md").write_text(f"---\n{header}---\n\n{body}")
 
@@ -164,11 +244,13 @@ def write_synthetic_task(
     n_validation: int = 16,
     n_test: int = 16,
     seed: int = 0,
+    splits: Sequence[str] | None = None,
 ) -> Path:
     """Write one task's synthetic splits under ``root/<hub_id>/``; return that repo folder.
 
     Only the splits the Hub repo has are written (IMDB and AG News have no validation split, so
-    ``n_validation`` is ignored there; IMDB's ``unsupervised`` split gets ``n_test`` rows).
+    ``n_validation`` is ignored there; IMDB's ``unsupervised`` split gets ``n_test`` rows), and
+    of those only ``splits`` if given (e.g. ARC-Challenge without train, as in the copy here).
     """
     task = get_task(task) if isinstance(task, str) else task
     layout = _layout(task)
@@ -177,13 +259,16 @@ def write_synthetic_task(
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([seed, zlib.crc32(task.name.encode())])
     for split in layout.splits:
+        if splits is not None and split not in splits:
+            continue
         n = _split_size(split, n_train, n_validation, n_test)
-        _split_dataset(task, split, n, rng).to_parquet(str(_shard(folder, split)))
+        make = _mcqa_dataset if task.is_mcqa else _split_dataset
+        make(task, split, n, rng).to_parquet(str(_shard(folder, split)))
     _write_readme(repo, task.hub_id)
     return repo
 
 
-def write_all_synthetic(root: Path, **kwargs: int) -> Path:
+def write_all_synthetic(root: Path, **kwargs: Any) -> Path:
     """Write every task in ``TASKS`` under ``root`` (usable as ``data_dir``); return ``root``."""
     for name in TASKS:
         write_synthetic_task(root, name, **kwargs)
@@ -191,7 +276,8 @@ def write_all_synthetic(root: Path, **kwargs: int) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m bayesian_lora.data.synthetic <folder>``: write all eight tasks there."""
+    """``python -m bayesian_lora.data.synthetic <folder>``: write every task there (GLUE, IMDB,
+    AG News and the six MCQA sets)."""
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)

@@ -1,4 +1,8 @@
-"""Registry of the text-classification tasks: where each lives on the Hub and how to read it."""
+"""Registry of the tasks: where each lives on the Hub and how to read it.
+
+Two task types: text classification (GLUE, IMDB, AG News; encoders) and multiple-choice QA
+(``template`` set; causal LMs read the answer letter, see :mod:`bayesian_lora.data.mcqa`).
+"""
 
 from __future__ import annotations
 
@@ -26,7 +30,13 @@ class TaskSpec:
     metric: str
     test_split: str
     label_field: str = "label"
-    train_split: str = "train"
+    train_split: str | None = "train"  # None: evaluation only (no training split exists)
+    template: str | None = None  # MCQA prompt template (bayesian_lora.data.mcqa); None: plain text
+
+    @property
+    def is_mcqa(self) -> bool:
+        """True for multiple-choice QA: prompts with lettered choices, scored by a causal LM."""
+        return self.template is not None
 
     @property
     def is_regression(self) -> bool:
@@ -69,6 +79,38 @@ TASKS: dict[str, TaskSpec] = {
         "test",
     ),
 }
+
+
+def _mcqa(
+    name: str, hub_id: str, config: str | None, template: str, test: str, train: str | None
+) -> TaskSpec:
+    """Every MCQA task has the same five answer letters (unused ones are masked per row)."""
+    letters = ("A", "B", "C", "D", "E")
+    return TaskSpec(
+        name, hub_id, config, ("prompt",), 5, letters, "accuracy", test, "label", train, template
+    )
+
+
+# Multiple-choice QA (causal LMs). test = the labelled split reported; validation = a carve of
+# train, as for the tasks above. arc_c, boolq and winogrande have train splits on the Hub, not in
+# the offline copy here; mmlu is evaluation-only everywhere (its auxiliary_train is another task).
+TASKS.update(
+    {
+        "obqa": _mcqa("obqa", "allenai/openbookqa", "main", "obqa", "test", "train"),
+        "arc_e": _mcqa("arc_e", "allenai/ai2_arc", "ARC-Easy", "arc", "test", "train"),
+        "arc_c": _mcqa("arc_c", "allenai/ai2_arc", "ARC-Challenge", "arc", "test", "train"),
+        "mmlu": _mcqa("mmlu", "cais/mmlu", "all", "mmlu", "test", None),
+        "boolq": _mcqa("boolq", "google/boolq", None, "boolq", "validation", "train"),
+        **{
+            name: _mcqa(name, "allenai/winogrande", config, "winogrande", "validation", "train")
+            for name, config in (
+                ("winogrande", "winogrande_xl"),  # train_xl, 40,398 rows
+                ("winogrande_s", "winogrande_s"),  # train_s, 640 rows (Laplace-LoRA's WG-S)
+                ("winogrande_m", "winogrande_m"),  # train_m, 2,558 rows (WG-M)
+            )
+        },
+    }
+)
 
 
 def get_task(name: str) -> TaskSpec:

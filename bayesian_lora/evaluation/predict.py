@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +51,7 @@ class Members:
     seconds: float
     val_preds: np.ndarray | None = None  # [M, N_val, C], for calibrate=
     val_labels: np.ndarray | None = None
+    shift: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # preds, labels
 
 
 def eval_run_config(cfg: DictConfig, run: RunFolder) -> DictConfig:
@@ -100,13 +101,18 @@ def build_eval_batches(
 
 
 def ood_batches(
-    cfg: DictConfig, run_cfg: DictConfig, dm: TextClassificationDataModule, device: torch.device
+    cfg: DictConfig,
+    run_cfg: DictConfig,
+    dm: TextClassificationDataModule,
+    device: torch.device,
+    task: str | None = None,
 ) -> list[dict[str, Tensor]]:
-    """The OOD task's test split, tokenised like the in-domain data (same tokenizer/length)."""
+    """The test split of the OOD task (or of ``task``, a shift task), tokenised like the
+    in-domain data (same tokenizer/length); only that split is loaded."""
     d = run_cfg.data
     max_samples = cfg.ood_max_samples if cfg.ood_max_samples is not None else d.max_eval_samples
     ood_dm = TextClassificationDataModule(
-        task=str(cfg.ood),
+        task=task or str(cfg.ood),
         tokenizer=dm.tokenizer,
         max_length=dm.max_length,
         eval_batch_size=dm.eval_batch_size,
@@ -170,7 +176,17 @@ def predict(
         on_device = {n: t.to(device) for n, t in samples.items()}
         m.val_preds = predict_samples(module, on_device, val, None, K).cpu().numpy()
         m.val_labels = labels_of(val).numpy()
+    for name in shift_tasks(cfg):  # one more pass of every member per shift task
+        shifted = ood_batches(cfg, run_cfg, dm, device, task=name)
+        out = predict_members(module, samples, members, shifted, None, K)
+        m.shift[name] = (out.preds, out.labels)
     return m
+
+
+def shift_tasks(cfg: DictConfig) -> list[str]:
+    """``shift=[arc_e, arc_c, mmlu]``: tasks whose test splits are scored by the same members."""
+    value = cfg.get("shift") or []
+    return [str(value)] if isinstance(value, str) else [str(v) for v in value]
 
 
 def evaluate_module_on_test(module: Any, datamodule: Any, run_dir: Path) -> dict[str, Any]:

