@@ -139,7 +139,7 @@ def model_identity(model: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "model.name_or_path": s.name_or_path,
         "model.max_length": int(s.max_length),
-        "model.tiny": dict(s.tiny) if s.name_or_path == "tiny-bert" else {},
+        "model.tiny": dict(s.tiny) if s.name_or_path in ("tiny-bert", "tiny-causal") else {},
         "lora.r": int(s.lora.r),
         "lora.alpha": float(s.lora.alpha),
         "lora.dropout": float(s.lora.dropout),

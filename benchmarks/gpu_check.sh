@@ -28,3 +28,7 @@ for prec in 32 bf16; do
   python3 benchmarks/step_time.py --model minilm --name-or-path "$MODEL" --device cuda \
     --precision $prec --batch-size 32 --length 128 --steps 10 --repeats 5 2>&1 | grep -E "^\||^model"
 done
+echo "== causal LM (tiny_causal, SmolLM2 if its package is installed): CUDA tests, step time bf16"
+python3 -m pytest -q -p no:cacheprovider tests/test_causal.py -k "cuda or bf16 or smollm2" 2>&1 | tail -3
+python3 benchmarks/step_time.py --model smollm2 --device cuda --precision bf16 --batch-size 8 \
+  --length 256 --steps 10 --repeats 5 2>&1 | grep -E "^\||^model"

@@ -282,6 +282,19 @@ def test_mc_dropout_and_ood_on_a_causal_lm(map_runs: list[Path], tmp_path: Path)
     assert result["ensemble"]["mutual_information"] > 0  # LoRA dropout makes the passes differ
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_bf16_cuda_chain_keeps_float32_lora_samples(
+    synthetic_data_dir: Path, tmp_path: Path
+) -> None:
+    """bf16 base weights and bf16-mixed autocast on a GPU; the sampled LoRA stays float32."""
+    overrides = ["sampler=sgld", *CHAIN, "model.dtype=bfloat16", "trainer.accelerator=gpu"]
+    overrides.append("trainer.precision=bf16-mixed")
+    train(compose_train(causal_overrides(synthetic_data_dir, tmp_path, *overrides)))
+    samples, _ = load_samples(tmp_path)
+    assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in samples.values())
+
+
 def test_shift_task_of_another_type_is_refused(map_runs: list[Path]) -> None:
     from bayesian_lora.config_validation import ConfigError
 

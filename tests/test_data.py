@@ -119,7 +119,9 @@ def test_registry() -> None:
 
 
 def test_unknown_task_lists_choices() -> None:
-    with pytest.raises(ValueError, match="unknown task 'nope'; available: ag_news, arc_c, arc_e, boolq, cola, "):
+    with pytest.raises(
+        ValueError, match="unknown task 'nope'; available: ag_news, arc_c, arc_e, boolq, cola, "
+    ):
         get_task("nope")
 
 
