@@ -22,6 +22,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from bayesian_lora.callbacks.chain_checkpoint import LAST_CHECKPOINT
 from bayesian_lora.callbacks.sample_collector import SampleCollector
 from bayesian_lora.callbacks.sample_store import library_versions, read_manifest
+from bayesian_lora.callbacks.trace import TraceRecorder
 from bayesian_lora.data.datamodule import TextClassificationDataModule
 from bayesian_lora.data.tasks import get_task
 from bayesian_lora.methods.swag import SWAGCollector
@@ -342,6 +343,16 @@ def build_trainer(
                 every_n_train_steps=int(cb.checkpoint.every_n_train_steps),
             ),
         ]
+        trace = cb.get("trace")
+        if trace is not None and trace.enabled:
+            callbacks.append(
+                TraceRecorder(
+                    run_dir,
+                    plan,
+                    probe_size=int(trace.probe_size),
+                    flush_every_steps=int(trace.flush_every_steps),
+                )
+            )
         # The module stops the run after the last kept sample; max_steps is only a backstop
         # (a divergence retry costs an optimizer step that the chain does not count).
         retries = int(cfg.get("divergence_retries", 0)) if cfg.get("divergence_backoff") else 0

@@ -130,6 +130,9 @@ COMMON_RULES: list[Rule] = [
     ("callbacks.early_stopping.mode", _one_of(["min", "max"])),
     ("callbacks.checkpoint.every_n_train_steps", _int(1)),
     ("callbacks.samples.flush_every", _int(1)),
+    ("callbacks.trace.enabled", _optional(FLAG)),
+    ("callbacks.trace.probe_size", _optional(_int(0))),
+    ("callbacks.trace.flush_every_steps", _optional(_int(1))),
 ]
 
 LORA_KEYS = ("r", "alpha", "dropout", "target_modules", "modules_to_save")

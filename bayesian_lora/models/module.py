@@ -115,6 +115,7 @@ class BayesianLoRAModule(L.LightningModule):
         self._moved = {n: p for n, p in trained.items() if self.prior.is_sampled(n)}
         self._inv_var = self.prior.inverse_variances(list(trained))
         self._held_frozen = False
+        self.last_stats: dict[str, Tensor] | None = None
         self.val_metrics: ClassificationMetrics | RegressionMetrics = (
             RegressionMetrics(self.obs_std)
             if task.is_regression
@@ -225,6 +226,7 @@ class BayesianLoRAModule(L.LightningModule):
             self._on_divergence(opt, step, phase, lr)
             return stats["u"]
         self.chain_step += 1
+        self.last_stats = stats  # u and NLL of this update, on the device (callbacks.trace)
         self.log_dict(
             {"train/u": stats["u"], "train/nll": stats["nll"]},
             prog_bar=True,
