@@ -357,13 +357,14 @@ def test_existing_folders_pass(tmp_path: Path) -> None:
     validate_config(compose_train(["sampler=sgld", f"sampler.warmup.from_run={tmp_path}"]))
 
 
-def test_cpu_sgld_experiment_has_the_map_experiments_budget_and_seed() -> None:
+@pytest.mark.parametrize("chain", ["mrpc_minilm_sgld_cpu", "mrpc_minilm_swag_cpu"])
+def test_cpu_chain_experiment_has_the_map_experiments_budget_and_seed(chain: str) -> None:
     """README's SGLD-versus-MAP pairing: equal step budgets (MRPC: 3,301 train pairs, batch 32)."""
     from bayesian_lora.config import build_chain_plan
 
     steps_per_epoch = -(-3301 // 32)
     map_cfg = compose_train(["experiment=mrpc_minilm_map_cpu"])
-    sgld_cfg = compose_train(["experiment=mrpc_minilm_sgld_cpu"])
+    sgld_cfg = compose_train([f"experiment={chain}"])
     plan = build_chain_plan(sgld_cfg, steps_per_epoch)
     assert plan is not None and plan.num_samples >= 10 and plan.burn_in > 0
     assert plan.total_steps() == int(map_cfg.trainer.max_epochs) * steps_per_epoch
