@@ -265,7 +265,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         result["diagnostics"] = {key: v for key, v in diag.items() if key != "_chains"}
         result["diagnostics"]["verdict"] = diagnostics_verdict(diag)
     elif len(runs) > 1:
-        result["diagnostics"] = {"skipped": "the run folders are not chains of one sampler config"}
+        result["diagnostics"] = {
+            "skipped": "the run folders are not chains of one sampler config (MAP runs, mixed "
+            "configs, or independent draws of SWAG / Laplace)"
+        }
     write_outputs(cfg, out_dir, result, m, task, diag, runs, calibrated)
     print(format_result(result, show_single=bool(cfg.get("single"))))
     return result

@@ -161,3 +161,4 @@ def test_swag_run_through_train_resume_and_evaluate(
     train_module.train(compose_train(smoke_overrides(synthetic_data_dir, other, *SWAG, "seed=1")))
     pooled = run_eval(f"run_dirs=[{ref},{other}]", "plots=false")
     assert pooled["num_members"] == 8
+    assert "skipped" in pooled["diagnostics"]  # independent draws, not MCMC chains

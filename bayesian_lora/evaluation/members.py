@@ -74,8 +74,10 @@ def sampler_signature(run: RunFolder) -> dict[str, Any]:
 
 
 def are_chains(runs: Sequence[RunFolder]) -> bool:
-    """>= 2 sampler runs of one sampler config (seeds = chains)."""
-    if len(runs) < 2 or any(r.is_map for r in runs):
+    """>= 2 sampler runs of one sampler config (seeds = chains). Runs whose stack holds
+    independent draws from a fitted distribution (a manifest ``posterior``: SWAG, Laplace) are
+    not chains: MCMC diagnostics do not apply to them."""
+    if len(runs) < 2 or any(r.is_map or r.manifest.get("posterior") for r in runs):
         return False
     ref = sampler_signature(runs[0])
     return all(sampler_signature(r) == ref for r in runs[1:])
