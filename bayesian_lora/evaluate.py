@@ -46,7 +46,9 @@ from bayesian_lora.evaluation.chains import (
     chain_summaries,
     diagnose_chains,
     diagnostics_verdict,
+    public,
 )
+from bayesian_lora.evaluation.diagnostics import ESS_THRESHOLD, GEWEKE_Z, RHAT_THRESHOLD
 from bayesian_lora.evaluation.members import are_chains, gather_samples, select_members
 from bayesian_lora.evaluation.predict import eval_run_config, predict, shift_tasks
 from bayesian_lora.evaluation.results import (
@@ -262,7 +264,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if are_chains(runs):
         chains = chain_summaries(m, samples, len(runs), task, obs_std, _probes(cfg))
         diag = diagnose_chains(chains, *_thresholds(cfg))
-        result["diagnostics"] = {key: v for key, v in diag.items() if key != "_chains"}
+        result["diagnostics"] = public(diag)
         result["diagnostics"]["verdict"] = diagnostics_verdict(diag)
     elif len(runs) > 1:
         result["diagnostics"] = {
@@ -312,10 +314,11 @@ def _probes(cfg: DictConfig) -> int:
     return int(OmegaConf.select(cfg, "diagnostics.probes", default=NUM_PROBES))
 
 
-def _thresholds(cfg: DictConfig) -> tuple[float, float]:
-    rhat = OmegaConf.select(cfg, "diagnostics.rhat_threshold", default=1.05)
-    ess = OmegaConf.select(cfg, "diagnostics.ess_threshold", default=100)
-    return float(rhat), float(ess)
+def _thresholds(cfg: DictConfig) -> tuple[float, float, float]:
+    rhat = OmegaConf.select(cfg, "diagnostics.rhat_threshold", default=RHAT_THRESHOLD)
+    ess = OmegaConf.select(cfg, "diagnostics.ess_threshold", default=ESS_THRESHOLD)
+    z = OmegaConf.select(cfg, "diagnostics.stationarity_z", default=GEWEKE_Z)
+    return float(rhat), float(ess), float(z)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="evaluate")

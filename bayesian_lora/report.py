@@ -51,7 +51,9 @@ from bayesian_lora.evaluation.chains import (
     diagnostics_verdict,
     function_space_summaries,
     probe_indices,
+    public,
 )
+from bayesian_lora.evaluation.diagnostics import ESS_THRESHOLD, GEWEKE_Z, RHAT_THRESHOLD
 from bayesian_lora.evaluation.metrics import ensemble_metrics
 from bayesian_lora.evaluation.results import lora_norms
 from bayesian_lora.evaluation.write import (
@@ -61,6 +63,7 @@ from bayesian_lora.evaluation.write import (
     json_load,
     load_predictions,
     write_diagnostic_plots,
+    write_diagnostics_data,
     write_json,
 )
 
@@ -312,12 +315,14 @@ def run_chain_summaries(run: SweepRun, probes: int) -> dict[str, np.ndarray]:
     return summary
 
 
-def group_diagnostics(group: Group, probes: int, rhat: float, ess: float) -> dict[str, Any] | None:
+def group_diagnostics(
+    group: Group, probes: int, rhat: float, ess: float, stationarity_z: float = GEWEKE_Z
+) -> dict[str, Any] | None:
     """R-hat / ESS across the seeds of a sampler group (None for MAP or a single seed)."""
     if group.first.sampler == "map" or len(group.runs) < 2:
         return None
     chains = [run_chain_summaries(r, probes) for r in group.runs]
-    diag = diagnose_chains(chains, rhat, ess)
+    diag = diagnose_chains(chains, rhat, ess, stationarity_z)
     diag["verdict"] = diagnostics_verdict(diag)
     diag["method"], diag["model"], diag["task"] = group.label, group.first.model, group.first.task
     return diag
@@ -364,7 +369,8 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def diagnostics_frame(diags: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    """One row per (method, summary): chains, draws, R-hat, bulk and tail ESS, verdict."""
+    """One row per (method, summary): chains, draws, R-hat, bulk and tail ESS (the numbers of
+    ``arviz.summary``), the largest Geweke |z| of a chain and whether the checks passed."""
     records = [
         {
             "model": d["model"],
@@ -376,12 +382,22 @@ def diagnostics_frame(diags: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
             "R-hat": _num(s["rhat"], ".3f"),
             "bulk ESS": _num(s["ess_bulk"], ".0f"),
             "tail ESS": _num(s["ess_tail"], ".0f"),
-            "ok": "yes" if s["mixed"] else "**NO**",
+            "max |Geweke z|": _geweke(s),
+            "ok": {"ok": "yes", "too few draws": "too few draws"}.get(s["status"], "**NO**"),
         }
         for d in diags
         for name, s in d["summaries"].items()
     ]
     return pd.DataFrame.from_records(records)
+
+
+def _geweke(s: Mapping[str, Any]) -> str:
+    """The largest stationarity |z| over the chains (bold above the threshold)."""
+    z = [abs(v) for v in s["geweke_z"] if math.isfinite(v)]
+    if not s["stationarity_checked"] or not z:
+        return "not checked"
+    drifting = any(p.startswith("drifting") for p in s["problems"])
+    return f"**{max(z):.1f}**" if drifting else f"{max(z):.1f}"
 
 
 def diagnostics_table(diags: Sequence[Mapping[str, Any]]) -> str:
@@ -455,9 +471,10 @@ def build_report(
     folders: Sequence[str | Path],
     out_dir: Path | None = None,
     probes: int = NUM_PROBES,
-    rhat_threshold: float = 1.01,
-    ess_threshold: float = 100.0,
+    rhat_threshold: float = RHAT_THRESHOLD,
+    ess_threshold: float = ESS_THRESHOLD,
     plots: bool = True,
+    stationarity_z: float = GEWEKE_Z,
 ) -> dict[str, Any]:
     """Find, aggregate and write; returns the report as a dict (also in ``report.json``)."""
     runs = [load_run(p) for p in find_run_folders(folders)]
@@ -465,20 +482,26 @@ def build_report(
     groups = group_runs(runs)
     rows, notes = table_rows(groups)
     notes += run_notes(folders, runs)
-    diags = [
-        d for g in groups if (d := group_diagnostics(g, probes, rhat_threshold, ess_threshold))
-    ]
+    thresholds = (rhat_threshold, ess_threshold, stationarity_z)
+    diags = [d for g in groups if (d := group_diagnostics(g, probes, *thresholds))]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for d in diags:  # each sampler group's chains as an ArviZ InferenceData (netCDF)
+        d["inference_data"] = write_diagnostics_data(out_dir, d, _diag_prefix(d))
     figures = write_plots(out_dir, rows, diags) if plots else []
     report = {
         "folders": [str(f) for f in folders],
         "num_runs": len(runs),
         "rows": rows,
-        "diagnostics": [{k: v for k, v in d.items() if k != "_chains"} for d in diags],
+        "diagnostics": [public(d) for d in diags],
         "notes": notes,
         "plots": [p.name for p in figures],
     }
     write_report(out_dir, report, rows, diags)
     return report
+
+
+def _diag_prefix(d: Mapping[str, Any]) -> str:
+    return f"{slug(d['model'])}_{slug(d['task'])}_{slug(d['method'])}_"
 
 
 def write_plots(
@@ -494,8 +517,7 @@ def write_plots(
             path = out_dir / f"comparison_{slug(model)}_{slug(task)}.png"
             paths.append(P.comparison_plot(sub, path, metrics, title=f"{model} on {task}"))
     for d in diags:
-        prefix = f"{slug(d['model'])}_{slug(d['task'])}_{slug(d['method'])}_"
-        paths += write_diagnostic_plots(out_dir, d, prefix)
+        paths += write_diagnostic_plots(out_dir, d, _diag_prefix(d))
     return paths
 
 
@@ -591,6 +613,7 @@ def run_report(cfg: DictConfig) -> int:
             float(diag.rhat_threshold),
             float(diag.ess_threshold),
             plots=bool(cfg.plots),
+            stationarity_z=float(diag.stationarity_z),
         )
     except (FileNotFoundError, SampleFileError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -57,9 +57,9 @@ def test_ar1_has_low_ess():
 def test_low_ess_verdict_with_custom_threshold():
     rng = np.random.default_rng(3)
     x = np.stack([_ar1(rng, 0.95, 100) for _ in range(2)])
-    d = chain_diagnostics({"s": x}, ess_threshold=1000)["s"]
+    d = chain_diagnostics({"s": x}, ess_threshold=150)["s"]  # 200 draws could reach 150
     assert d["mixed"] is False
-    assert "< 1000: too few effective draws" in d["verdict"]
+    assert "< 150: too few effective draws" in d["verdict"]
 
 
 def test_single_chain_rhat_is_nan():
@@ -81,10 +81,87 @@ def test_unequal_chains_truncated():
 
 def test_too_few_draws_and_constant_never_pass():
     d = chain_diagnostics({"short": np.zeros((2, 3)), "const": np.ones((2, 200))})
-    assert d["short"]["mixed"] is False and "NOT mixed" in d["short"]["verdict"]
+    assert d["short"]["mixed"] is False and d["short"]["status"] == "too few draws"
+    assert d["short"]["verdict"].startswith("TOO FEW DRAWS: only 3 draws per chain")
     assert d["const"]["mixed"] is False and "R-hat undefined" in d["const"]["verdict"]
     text = format_diagnostics(d)
-    assert text.splitlines()[0].startswith("short: FAIL")
+    assert text.splitlines()[0].startswith("short: TOO FEW DRAWS")
+
+
+def test_ess_is_checked_only_when_the_draws_could_reach_the_threshold():
+    rng = np.random.default_rng(7)
+    few = chain_diagnostics({"s": rng.normal(size=(3, 10))})["s"]  # 30 draws < 100
+    assert few["status"] == "too few draws" and not few["mixed"]
+    assert "too few draws for the ESS check (3 x 10 = 30 < 100)" in few["verdict"]
+    assert "nan" not in few["verdict"].lower()
+    enough = chain_diagnostics({"s": rng.normal(size=(4, 100))})["s"]  # 400 draws >= 100
+    assert enough["status"] == "ok", enough["verdict"]
+
+
+def test_console_and_json_say_the_same_about_too_few_draws():
+    """The aggregated verdict (console, report.json) is built from the per-summary checks."""
+    from bayesian_lora.evaluation.chains import diagnose_chains, diagnostics_verdict, public
+
+    rng = np.random.default_rng(8)
+    chains = [{"a": rng.normal(size=3), "b": rng.normal(size=3)} for _ in range(2)]
+    diag = diagnose_chains(chains)
+    verdict = diagnostics_verdict(diag)
+    assert verdict.startswith("UNDETERMINED: only 3 draws per chain"), verdict
+    assert "nan" not in verdict.lower()
+    saved = public(diag)
+    assert "_idata" not in saved and "_chains" not in saved
+    assert all(verdict.split(": ", 1)[1] in d["verdict"] for d in saved["summaries"].values())
+
+
+def test_rhat_threshold_is_1_01():
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(4, 1000))
+    x[0] += 0.4  # R-hat between the new threshold 1.01 and the old 1.05
+    d = chain_diagnostics({"s": x})["s"]
+    assert 1.01 < d["rhat"] < 1.05
+    assert d["status"] == "fail" and "> 1.01" in d["verdict"]
+
+
+def test_geweke_z_is_standard_normal_for_iid_chains_and_flags_a_drift():
+    from bayesian_lora.evaluation.diagnostics import geweke_z
+
+    rng = np.random.default_rng(10)
+    z = np.array([geweke_z(rng.normal(size=400)) for _ in range(200)])
+    assert abs(z.mean()) < 0.25 and 0.8 < z.std() < 1.25  # N(0, 1) under stationarity
+    x = rng.normal(size=(3, 400))
+    x[1] += np.linspace(0.0, 3.0, 400)  # one chain still drifting
+    d = chain_diagnostics({"s": x})["s"]
+    assert abs(d["geweke_z"][1]) > 3 and max(abs(d["geweke_z"][i]) for i in (0, 2)) < 3
+    assert (
+        d["status"] == "fail" and "drifting: Geweke z" in d["verdict"] and "chain 1" in d["verdict"]
+    )
+    short = chain_diagnostics({"s": rng.normal(size=(2, 20))})["s"]
+    assert "stationarity not checked" in short["verdict"]
+
+
+def test_inference_data_round_trips_through_netcdf(tmp_path):
+    import arviz as az
+
+    from bayesian_lora.evaluation.diagnostics import (
+        inference_data,
+        save_inference_data,
+        summary_table,
+    )
+
+    rng = np.random.default_rng(11)
+    summaries = {
+        "test mean log-lik": rng.normal(size=(2, 50)),
+        "p(label) of probe #3": rng.random((2, 50)),
+    }
+    path = save_inference_data(inference_data(summaries), tmp_path / "diagnostics.nc")
+    back = az.from_netcdf(path)
+    for name, x in summaries.items():
+        np.testing.assert_array_equal(back.posterior[name].values, x)
+    table = summary_table(back)
+    d = chain_diagnostics(summaries)
+    for name in summaries:
+        assert d[name]["rhat"] == pytest.approx(float(table.loc[name, "r_hat"]), rel=1e-12)
+        assert d[name]["ess_bulk"] == pytest.approx(float(table.loc[name, "ess_bulk"]), rel=1e-12)
 
 
 def test_autocorrelation():

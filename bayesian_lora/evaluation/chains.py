@@ -15,7 +15,13 @@ import numpy as np
 from torch import Tensor
 
 from bayesian_lora.data.tasks import TaskSpec
-from bayesian_lora.evaluation.diagnostics import chain_diagnostics
+from bayesian_lora.evaluation.diagnostics import (
+    ESS_THRESHOLD,
+    GEWEKE_Z,
+    RHAT_THRESHOLD,
+    chain_diagnostics,
+    inference_data,
+)
 from bayesian_lora.evaluation.metrics import EPS
 from bayesian_lora.evaluation.results import lora_norms
 
@@ -50,17 +56,19 @@ def function_space_summaries(
 
 def diagnose_chains(
     chains: Sequence[Mapping[str, np.ndarray]],
-    rhat_threshold: float = 1.05,
-    ess_threshold: float = 100.0,
+    rhat_threshold: float = RHAT_THRESHOLD,
+    ess_threshold: float = ESS_THRESHOLD,
+    stationarity_z: float = GEWEKE_Z,
 ) -> dict[str, Any]:
-    """R-hat / ESS across chains of each summary, plus plain flags for anything not mixed.
+    """R-hat / ESS / stationarity across chains of each summary, plus plain flags.
 
     ``chains`` holds one mapping per chain, summary name -> draws ``[S]`` (ragged chains are
-    truncated to the shortest, and the verdict says so).
+    truncated to the shortest, and the verdict says so). ``_chains`` (for the plots) and
+    ``_idata`` (the ``InferenceData``, saved as netCDF) are dropped before writing JSON.
     """
     names = [n for n in chains[0] if all(n in c and len(c[n]) > 0 for c in chains)]
     summaries = {n: [np.asarray(c[n], dtype=np.float64) for c in chains] for n in names}
-    results = chain_diagnostics(summaries, ess_threshold, rhat_threshold)
+    results = chain_diagnostics(summaries, ess_threshold, rhat_threshold, stationarity_z)
     flags = [f"{name}: {d['verdict']}" for name, d in results.items() if not d["mixed"]]
     rhats = [d["rhat"] for d in results.values() if math.isfinite(d["rhat"])]
     ess = [d["ess_bulk"] for d in results.values() if math.isfinite(d["ess_bulk"])]
@@ -68,32 +76,54 @@ def diagnose_chains(
         "n_chains": len(chains),
         "rhat_threshold": rhat_threshold,
         "ess_threshold": ess_threshold,
+        "stationarity_z": stationarity_z,
         "max_rhat": max(rhats) if rhats else math.nan,
         "min_ess_bulk": min(ess) if ess else math.nan,
         "all_mixed": not flags,
         "flags": flags,
         "summaries": results,
-        "_chains": summaries,  # for the plots; dropped before writing JSON
+        "_chains": summaries,
+        "_idata": inference_data(summaries) if summaries else None,
     }
 
 
+def public(diag: Mapping[str, Any]) -> dict[str, Any]:
+    """``diag`` without its in-memory parts (``_chains``, ``_idata``), for JSON."""
+    return {k: v for k, v in diag.items() if not k.startswith("_")}
+
+
 def diagnostics_verdict(diag: Mapping[str, Any]) -> str:
-    """One plain sentence for reports."""
-    if diag["all_mixed"]:
+    """One plain sentence for the console and the reports, from the per-summary checks (so
+    both say the same thing): OK, chains NOT mixed (with the reasons), or too few draws."""
+    results = diag["summaries"]
+    if diag["all_mixed"] and results:
         return (
             f"OK: {diag['n_chains']} chains mixed (max R-hat {diag['max_rhat']:.3f} <= "
             f"{diag['rhat_threshold']:g}, min bulk ESS {diag['min_ess_bulk']:.0f})"
         )
-    bad_rhat = diag["max_rhat"] > diag["rhat_threshold"]
-    low_ess = not diag["min_ess_bulk"] >= diag["ess_threshold"]
-    reasons = [
-        f"R-hat {diag['max_rhat']:.3f} > {diag['rhat_threshold']:g}" if bad_rhat else "",
-        f"low ESS (min bulk {diag['min_ess_bulk']:.0f} < {diag['ess_threshold']:g})"
-        if low_ess
-        else "",
+    fails = [d for d in results.values() if d["status"] == "fail"]
+    reasons = []
+    if any(d["rhat"] > diag["rhat_threshold"] for d in fails):
+        reasons.append(f"R-hat {diag['max_rhat']:.3f} > {diag['rhat_threshold']:g}")
+    if any("ESS" in p for d in fails for p in d["problems"]):
+        reasons.append(f"low ESS (min bulk {diag['min_ess_bulk']:.0f} < {diag['ess_threshold']:g})")
+    drifting = [
+        n for n, d in results.items() if any(p.startswith("drifting") for p in d["problems"])
     ]
-    reasons = [r for r in reasons if r] or ["diagnostics undefined (too few draws?)"]
-    return f"WARNING: chains NOT mixed: {'; '.join(reasons)}"
+    if drifting:
+        reasons.append(f"drifting chains in {', '.join(drifting)}")
+    reasons += list(
+        dict.fromkeys(
+            p.split(":")[0]
+            for d in fails
+            for p in d["problems"]
+            if p.startswith(("R-hat needs", "R-hat undefined"))
+        )
+    )
+    too_few = list(dict.fromkeys(p for d in results.values() for p in d["too_few_draws"]))
+    if fails:
+        return "WARNING: chains NOT mixed: " + "; ".join(reasons + too_few)
+    return "UNDETERMINED: " + ("; ".join(too_few) or "no summaries to diagnose")
 
 
 def chain_summaries(

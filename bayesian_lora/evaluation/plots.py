@@ -239,8 +239,9 @@ def _status(d: Mapping[str, Any]) -> str:
     """Short panel-title form of a diagnostics verdict, e.g. ``chains have NOT mixed``."""
     if d["mixed"]:
         return "OK"
-    problems = str(d["verdict"]).removeprefix("FAIL: ").split(" [")[0].split("; ")
-    reasons = dict.fromkeys(p.split(": ")[-1] for p in problems)
+    if d.get("status") == "too few draws":
+        return "too few draws"
+    reasons = dict.fromkeys(p.split(": ")[-1].split(" (")[0] for p in d.get("problems", []))
     return "FAIL: " + ", ".join(reasons)
 
 

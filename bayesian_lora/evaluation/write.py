@@ -22,6 +22,7 @@ from safetensors.numpy import load_file, save_file
 from bayesian_lora.callbacks.sample_store import SampleFileError
 from bayesian_lora.data.tasks import TaskSpec
 from bayesian_lora.evaluation import plots as P
+from bayesian_lora.evaluation.diagnostics import save_inference_data
 from bayesian_lora.evaluation.members import ensemble_kind
 from bayesian_lora.evaluation.metrics import risk_coverage_curve
 from bayesian_lora.evaluation.results import ood_scores
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 PREDICTIONS_FILE = "predictions.safetensors"
 METRICS_FILE = "metrics.json"
 EVALUATION_DIR = "evaluation"  # evaluate's default output folder in a run (the report reads it)
+DIAGNOSTICS_FILE = "diagnostics.nc"  # the chains' ArviZ InferenceData (arviz.from_netcdf)
 PER_SAMPLE_KEYS = ("acc", "nll", "ece", "brier", "f1", "mcc", "rmse", "pearson", "spearman")
 
 
@@ -130,7 +132,8 @@ def write_outputs(
     runs: Sequence[RunFolder],
     calibrated: np.ndarray | None = None,
 ) -> None:
-    """predictions.safetensors, metrics.json, evaluate.yaml, PNGs (and W&B if enabled)."""
+    """predictions.safetensors, metrics.json, evaluate.yaml, diagnostics.nc (chains), PNGs
+    (and W&B if enabled)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     extra = {"member_run": m.run, "member_sample": m.sample, "member_pass": m.dropout_pass}
     if calibrated is not None:  # the calibrated predictive [N, C] and what was fitted
@@ -144,6 +147,8 @@ def write_outputs(
         extra[f"shift_{name}_labels"] = labels
     meta = {"task": task.name, "runs": "\n".join(str(r.path) for r in runs)}
     save_predictions(out_dir / PREDICTIONS_FILE, m.preds, m.labels, extra, meta)
+    if diag is not None and "diagnostics" in result:
+        result["diagnostics"]["inference_data"] = write_diagnostics_data(out_dir, diag)
     plots: list[Path] = []
     if cfg.get("plots", True):
         ood = str(cfg.get("ood"))
@@ -158,6 +163,13 @@ def write_outputs(
 
         result["wandb"] = log_evaluation(result, out_dir, plots, cfg.wandb, runs[0].manifest)
     write_json(out_dir / METRICS_FILE, result)
+
+
+def write_diagnostics_data(out_dir: Path, diag: Mapping[str, Any], prefix: str = "") -> str | None:
+    """The chains' ``InferenceData`` as ``<prefix>diagnostics.nc`` (netCDF); its file name."""
+    if diag.get("_idata") is None:
+        return None
+    return save_inference_data(diag["_idata"], out_dir / f"{prefix}{DIAGNOSTICS_FILE}").name
 
 
 def write_diagnostic_plots(out_dir: Path, diag: Mapping[str, Any], prefix: str = "") -> list[Path]:
