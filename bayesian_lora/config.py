@@ -311,7 +311,7 @@ def build_trainer(
     plan: ChainPlan | None,
     manifest: dict[str, Any],
     loggers: list[Any],
-) -> tuple[L.Trainer, SampleCollector | SWAGCollector | None]:
+) -> tuple[L.Trainer, SampleCollector | None]:
     cb = cfg.callbacks
     ckpt_dir = run_dir / CHECKPOINT_DIR
     overrides: dict[str, Any] = {"logger": loggers or False}
@@ -363,7 +363,7 @@ def build_trainer(
 
 def build_collector(
     cfg: DictConfig, run_dir: Path, plan: ChainPlan, manifest: dict[str, Any]
-) -> SampleCollector | SWAGCollector:
+) -> SampleCollector:
     """What a chain keeps at its kept steps: the iterates, or SWAG's moments (``sampler.swag``)."""
     flush_every = int(cfg.callbacks.samples.flush_every)
     swag = cfg.sampler.get("swag")

@@ -67,17 +67,21 @@ class SampleCollector(L.Callback):
         step = pl_module.chain_step - 1  # the update that just happened
         if step not in self._kept_steps or self.num_kept >= self.plan.num_samples:
             return
-        params = pl_module.sampled_parameters()
-        i = self.num_kept
-        torch._foreach_copy_(
-            [self.buffer[n][i] for n in params], [p.detach() for p in params.values()]
-        )
+        self.keep(pl_module)
         self.steps.append(step)
         if (
             self.num_kept - self._flushed >= self.flush_every
             or self.num_kept == self.plan.num_samples
         ):
             self.flush(trainer)
+
+    def keep(self, pl_module: L.LightningModule) -> None:
+        """Store the current parameters as kept sample ``num_kept`` (subclasses: SWAG)."""
+        params = pl_module.sampled_parameters()
+        i = self.num_kept
+        torch._foreach_copy_(
+            [self.buffer[n][i] for n in params], [p.detach() for p in params.values()]
+        )
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.flush(

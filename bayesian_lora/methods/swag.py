@@ -36,6 +36,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from bayesian_lora.callbacks.sample_collector import SampleCollector
 from bayesian_lora.callbacks.sample_store import _atomic_write, write_samples
 from bayesian_lora.samplers.chain import ChainPlan
 
@@ -146,13 +147,14 @@ def load_moments(run_dir: Path, rank: int, n: int) -> SWAGMoments:
     return SWAGMoments.from_tensors(load_file(str(run_dir / SWAG_FILE)), rank, n)
 
 
-class SWAGCollector(L.Callback):
+class SWAGCollector(SampleCollector):
     """Collects the SWAG moments at the plan's kept steps; writes draws + moments on flush.
 
     Flushes (moments to ``swag.safetensors``, ``num_draws`` fresh draws from the same seeded
     generator to the sample store) happen every ``flush_every`` collections, at the end and on
     any exception, so a crash keeps every collection made so far. The moments travel in the
-    chain checkpoints (``state_dict``), so ``resume=`` continues the collection exactly.
+    chain checkpoints (``state_dict``), so ``resume=`` continues the collection exactly. The
+    step bookkeeping is :class:`SampleCollector`'s; only what is kept and written differs.
     """
 
     def __init__(
@@ -165,46 +167,16 @@ class SWAGCollector(L.Callback):
         draw_seed: int,
         flush_every: int = 5,
     ) -> None:
-        self.run_dir = Path(run_dir)
-        self.plan = plan
-        self.manifest = manifest
+        super().__init__(run_dir, plan, manifest, flush_every)
         self.num_draws = int(num_draws)
         self.draw_seed = int(draw_seed)
-        self.flush_every = max(1, int(flush_every))
         self.moments = SWAGMoments(int(rank))
-        self._kept_steps = frozenset(plan.kept_steps())
-        self.steps: list[int] = []
-        self._flushed = 0
 
-    @property
-    def num_kept(self) -> int:
-        return len(self.steps)
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._module = pl_module  # no sample buffer: the moments are the collected state
 
-    def on_train_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-    ) -> None:
-        step = pl_module.chain_step - 1  # the update that just happened
-        if step not in self._kept_steps or self.num_kept >= self.plan.num_samples:
-            return
+    def keep(self, pl_module: L.LightningModule) -> None:
         self.moments.collect(pl_module.sampled_parameters())
-        self.steps.append(step)
-        done = self.num_kept == self.plan.num_samples
-        if self.num_kept - self._flushed >= self.flush_every or done:
-            self.flush(trainer, pl_module)
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        status = "complete" if self.num_kept == self.plan.num_samples else "stopped"
-        self.flush(trainer, pl_module, status)
-
-    def on_exception(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
-    ) -> None:
-        self.flush(trainer, pl_module, f"interrupted: {type(exception).__name__}")
 
     def draws(self, like: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """The ``num_draws`` draws, cast to the parameters' dtypes (CPU generator: reproducible)."""
@@ -212,12 +184,10 @@ class SWAGCollector(L.Callback):
         out = self.moments.sample(self.num_draws, gen)
         return {n: out[n].to(like[n].dtype) for n in like}
 
-    def flush(
-        self, trainer: L.Trainer | None, pl_module: L.LightningModule, status: str = "running"
-    ) -> None:
+    def flush(self, trainer: L.Trainer | None = None, status: str = "running") -> None:
         if trainer is not None and not trainer.is_global_zero:
             return
-        if self.moments.n == 0:
+        if self.moments.n == 0 or self._module is None:
             return
         save_moments(self.run_dir, self.moments)
         posterior = {
@@ -235,7 +205,7 @@ class SWAGCollector(L.Callback):
             "status": status,
             "posterior": posterior,
         }
-        write_samples(self.run_dir, self.draws(pl_module.sampled_parameters()), manifest)
+        write_samples(self.run_dir, self.draws(self._module.sampled_parameters()), manifest)
         self._flushed = self.num_kept
 
     # ------------------------------------------------------------ resume
