@@ -59,7 +59,12 @@ from bayesian_lora.evaluation.results import (
     ood_metrics,
     shift_metrics,
 )
-from bayesian_lora.evaluation.write import default_out_dir, format_result, write_outputs
+from bayesian_lora.evaluation.write import (
+    default_out_dir,
+    format_result,
+    write_outputs,
+    write_step_trace_diagnostics,
+)
 from bayesian_lora.methods import get_calibrator
 from bayesian_lora.methods.temperature import calibrate_predictive
 from bayesian_lora.models.lora import ModelSettings
@@ -271,6 +276,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             "skipped": "the run folders are not chains of one sampler config (MAP runs, mixed "
             "configs, or independent draws of SWAG / Laplace)"
         }
+    if not any(r.is_map for r in runs) and (len(runs) == 1 or are_chains(runs)):
+        write_step_trace_diagnostics(out_dir, result, [r.path for r in runs], _thresholds(cfg))
     write_outputs(cfg, out_dir, result, m, task, diag, runs, calibrated)
     print(format_result(result, show_single=bool(cfg.get("single"))))
     return result

@@ -80,6 +80,11 @@ def test_chain_evaluation_writes_json_predictions_and_plots(chain_eval: dict) ->
     assert {"acc@50", "acc@80", "acc@90", "acc@100", "aurc"} <= set(saved["selective"])
     assert {"mutual_information", "entropy", "expected_entropy"} <= set(saved["ensemble"])
     assert {"lora_norm_mean", "lora_norm_std", "lora_norm_cv"} == set(saved["parameters"])
+    # the per-step trace of the one chain, diagnosed as its two halves, kept as netCDF
+    trace = saved["trace_diagnostics"]
+    assert trace["halves_of_one_chain"] and trace["n_chains"] == 2
+    assert {"u", "nll"} <= set(trace["summaries"]) and "trace_diagnostics.nc" in names
+    assert trace["inference_data"] == "trace_diagnostics.nc"
 
 
 def test_metrics_recomputed_from_saved_predictions_are_identical(
@@ -193,6 +198,9 @@ def test_pooled_chains_get_diagnostics_and_flags(runs: dict[str, Path], tmp_path
     idata = az.from_netcdf(tmp_path / "diagnostics.nc")
     assert set(idata.posterior.data_vars) == names
     assert idata.posterior["LoRA norm"].shape == (2, 4)
+    trace = result["trace_diagnostics"]  # every sampler step from the first kept one on
+    assert not trace["halves_of_one_chain"] and trace["n_chains"] == 2
+    assert trace["summaries"]["u"]["n_draws"] > 4
 
 
 def test_mc_dropout_gives_k_differing_members(runs: dict[str, Path], tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -147,3 +148,43 @@ def chain_summaries(
             summary[LORA_NORM] = norms[rows[::passes] // passes]
         chains.append(summary)
     return chains
+
+
+def step_traces(run_dirs: Sequence[str | Path]) -> list[dict[str, np.ndarray]]:
+    """Per run folder, its per-step trace (``trace.safetensors``) from the first kept sample on:
+    ``u``, ``nll``, ``probe_loglik`` and the ``norm.<group>`` summaries at every sampler step
+    (``[]`` when a folder has no trace). One chain becomes its two halves, so that split R-hat
+    still compares the start of the chain with its end."""
+    from bayesian_lora.callbacks.trace import load_trace
+
+    chains = []
+    for run_dir in run_dirs:
+        trace = load_trace(run_dir)
+        if not trace or "kept" not in trace or not bool(trace["kept"].any()):
+            return []
+        start = int(trace["kept"].nonzero()[0, 0])
+        names = [n for n in trace if n not in ("step", "kept")]
+        chains.append({n: trace[n][start:].double().numpy() for n in names})
+    if len(chains) == 1:
+        half = min(len(v) for v in chains[0].values()) // 2
+        chains = [
+            {n: v[:half] for n, v in chains[0].items()},
+            {n: v[half : 2 * half] for n, v in chains[0].items()},
+        ]
+    return chains
+
+
+def step_trace_diagnostics(
+    run_dirs: Sequence[str | Path],
+    rhat_threshold: float = RHAT_THRESHOLD,
+    ess_threshold: float = ESS_THRESHOLD,
+    stationarity_z: float = GEWEKE_Z,
+) -> dict[str, Any] | None:
+    """:func:`diagnose_chains` on the per-step traces (None without traces), with its verdict."""
+    chains = step_traces(run_dirs)
+    if not chains:
+        return None
+    diag = diagnose_chains(chains, rhat_threshold, ess_threshold, stationarity_z)
+    diag["verdict"] = diagnostics_verdict(diag)
+    diag["halves_of_one_chain"] = len(run_dirs) == 1
+    return diag

@@ -172,6 +172,25 @@ def write_diagnostics_data(out_dir: Path, diag: Mapping[str, Any], prefix: str =
     return save_inference_data(diag["_idata"], out_dir / f"{prefix}{DIAGNOSTICS_FILE}").name
 
 
+def write_step_trace_diagnostics(
+    out_dir: Path,
+    result: dict[str, Any],
+    run_dirs: Sequence[Path],
+    thresholds: tuple[float, float, float],
+) -> None:
+    """Diagnostics of the runs' per-step traces (``trace.safetensors``, hundreds of draws per
+    chain) as ``result["trace_diagnostics"]`` and ``trace_diagnostics.nc``; nothing without
+    traces."""
+    from bayesian_lora.evaluation.chains import public, step_trace_diagnostics
+
+    diag = step_trace_diagnostics(run_dirs, *thresholds)
+    if diag is None:
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result["trace_diagnostics"] = public(diag)
+    result["trace_diagnostics"]["inference_data"] = write_diagnostics_data(out_dir, diag, "trace_")
+
+
 def write_diagnostic_plots(out_dir: Path, diag: Mapping[str, Any], prefix: str = "") -> list[Path]:
     chains = diag["_chains"]
     if not chains:
@@ -294,5 +313,11 @@ def format_result(result: Mapping[str, Any], show_single: bool = False) -> str:
     if "verdict" in diag:
         parts.append("MCMC diagnostics across chains: " + diag["verdict"])
         parts += [f"  {flag}" for flag in diag["flags"]]
+    trace = result.get("trace_diagnostics")
+    if trace:
+        draws = next(iter(trace["summaries"].values()))["n_draws"] if trace["summaries"] else 0
+        how = "two halves of the chain" if trace["halves_of_one_chain"] else "chains"
+        parts.append(f"per-step trace diagnostics ({how}, {draws} draws each): {trace['verdict']}")
+        parts += [f"  {flag}" for flag in trace["flags"]]
     parts.append(f"outputs in {result['out_dir']}")
     return "\n".join(parts)
