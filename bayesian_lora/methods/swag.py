@@ -29,7 +29,7 @@ import logging
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
@@ -176,7 +176,7 @@ class SWAGCollector(SampleCollector):
         self._module = pl_module  # no sample buffer: the moments are the collected state
 
     def keep(self, pl_module: L.LightningModule) -> None:
-        self.moments.collect(pl_module.sampled_parameters())
+        self.moments.collect(cast(Any, pl_module).sampled_parameters())
 
     def draws(self, like: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """The ``num_draws`` draws, cast to the parameters' dtypes (CPU generator: reproducible)."""
@@ -205,7 +205,8 @@ class SWAGCollector(SampleCollector):
             "status": status,
             "posterior": posterior,
         }
-        write_samples(self.run_dir, self.draws(self._module.sampled_parameters()), manifest)
+        like = cast(Any, self._module).sampled_parameters()
+        write_samples(self.run_dir, self.draws(like), manifest)
         self._flushed = self.num_kept
 
     # ------------------------------------------------------------ resume
