@@ -511,8 +511,8 @@ def write_plots(
     for model, task in dict.fromkeys((r["model"], r["task"]) for r in rows):
         sub = [r for r in rows if (r["model"], r["task"]) == (model, task)]
         regression = get_task(task).is_regression
-        metrics = ("nll", "rmse", "pearson") if regression else ("acc", "nll", "ece")
-        metrics = tuple(m for m in metrics if all(f"{m}_mean" in r for r in sub))
+        candidates = ("nll", "rmse", "pearson") if regression else ("acc", "nll", "ece")
+        metrics = tuple(m for m in candidates if all(f"{m}_mean" in r for r in sub))
         if metrics:
             path = out_dir / f"comparison_{slug(model)}_{slug(task)}.png"
             paths.append(P.comparison_plot(sub, path, metrics, title=f"{model} on {task}"))

@@ -15,7 +15,7 @@ import functools
 import logging
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -184,7 +184,7 @@ def _diagnose_one(
 
 
 def chain_diagnostics(
-    summaries: Mapping[str, np.ndarray | Sequence[Sequence[float]]],
+    summaries: Mapping[str, Any],
     ess_threshold: float = ESS_THRESHOLD,
     rhat_threshold: float = RHAT_THRESHOLD,
     stationarity_z: float = GEWEKE_Z,

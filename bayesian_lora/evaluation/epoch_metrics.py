@@ -49,6 +49,16 @@ class ClassificationMetrics(Metric):
     full_state_update = False
     is_differentiable = False
     higher_is_better = None
+    n: Tensor
+    correct: Tensor
+    nll_sum: Tensor
+    brier_sum: Tensor
+    entropy_sum: Tensor
+    bin_count: Tensor
+    bin_correct: Tensor
+    bin_conf: Tensor
+    confusion: Tensor
+    edges: Tensor
 
     def __init__(
         self, num_classes: int, task_metric: str = "accuracy", n_bins: int = 15, **kwargs: Any
@@ -115,6 +125,9 @@ class RegressionMetrics(Metric):
     full_state_update = False
     is_differentiable = False
     higher_is_better = None
+
+    preds: list[Tensor]
+    target: list[Tensor]
 
     def __init__(self, obs_std: float, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -73,15 +73,16 @@ def _fit_titles(fig: Figure) -> None:
     for ax in fig.axes:
         box = ax.get_position()
         width, height = box.width * fig.get_figwidth(), box.height * fig.get_figheight()
-        for title in (ax.title, ax._left_title, ax._right_title, ax.xaxis.label):
-            if title.get_text():
-                title.set_text(_wrap(title.get_text(), width, title.get_fontsize()))
+        for text in (ax.title, ax.xaxis.label):  # the centre title: the only one used here
+            if text.get_text():
+                text.set_text(_wrap(text.get_text(), width, float(text.get_fontsize())))
         label = ax.yaxis.label
         if label.get_text():
-            label.set_text(_wrap(label.get_text(), height, label.get_fontsize()))
-    sup = fig._suptitle
-    if sup is not None and sup.get_text():
-        sup.set_text(_wrap(sup.get_text(), 0.95 * fig.get_figwidth(), sup.get_fontsize()))
+            label.set_text(_wrap(label.get_text(), height, float(label.get_fontsize())))
+    sup = fig.get_suptitle()
+    if sup:
+        text = fig.suptitle(sup)  # the same text, to read its font size
+        text.set_text(_wrap(sup, 0.95 * fig.get_figwidth(), float(text.get_fontsize())))
 
 
 def _integer_ticks(ax: Axes) -> None:

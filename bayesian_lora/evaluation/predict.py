@@ -139,8 +139,10 @@ def predict_members(
     device = next(iter(module.parameters())).device
     on_device = {n: t.to(device) for n, t in samples.items()}
     start = time.perf_counter()
-    out = predict_samples(module, on_device, batches + (extra_batches or []), None, mc_dropout)
-    out = out.cpu().numpy()
+    predicted = predict_samples(
+        module, on_device, batches + (extra_batches or []), None, mc_dropout
+    )
+    out = predicted.cpu().numpy()
     seconds = time.perf_counter() - start
     passes = max(mc_dropout, 1)
     run = np.repeat([r for r, _ in members], passes)

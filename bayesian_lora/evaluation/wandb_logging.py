@@ -102,7 +102,12 @@ def log_evaluation(
         images = {f"plots/{p.stem}": wandb.Image(str(p)) for p in plots}
         if images:
             run.log(images)
-        info = {"id": run.id, "name": run.name, "group": group, "mode": str(run.settings.mode)}
+        info = {
+            "id": str(run.id),
+            "name": str(run.name),
+            "group": group,
+            "mode": str(run.settings.mode),
+        }
     finally:
         run.finish()
     return info
