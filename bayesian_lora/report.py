@@ -52,6 +52,7 @@ from bayesian_lora.evaluation.chains import (
     function_space_summaries,
     probe_indices,
     public,
+    step_trace_diagnostics,
 )
 from bayesian_lora.evaluation.diagnostics import ESS_THRESHOLD, GEWEKE_Z, RHAT_THRESHOLD
 from bayesian_lora.evaluation.metrics import ensemble_metrics
@@ -325,6 +326,9 @@ def group_diagnostics(
     diag = diagnose_chains(chains, rhat, ess, stationarity_z)
     diag["verdict"] = diagnostics_verdict(diag)
     diag["method"], diag["model"], diag["task"] = group.label, group.first.model, group.first.task
+    trace = step_trace_diagnostics([r.path for r in group.runs], rhat, ess, stationarity_z)
+    if trace is not None:  # the per-step traces of the seeds (hundreds of draws per chain)
+        diag["trace"] = public(trace)
     return diag
 
 
@@ -548,6 +552,16 @@ def markdown_report(
     if diags:
         parts += ["## MCMC diagnostics (seeds as chains)", diagnostics_table(diags)]
         parts += [f"- **{d['method']}** ({d['model']}, {d['task']}): {d['verdict']}" for d in diags]
+        traced = [d for d in diags if "trace" in d]
+        if traced:
+            parts += [
+                "Per-step traces (`trace.safetensors`: every sampler step from the first kept "
+                "sample on, seeds as chains):",
+                diagnostics_table([{**d, **d["trace"]} for d in traced]),
+            ]
+            parts += [
+                f"- **{d['method']}** per-step traces: {d['trace']['verdict']}" for d in traced
+            ]
     if report["plots"]:
         parts += ["## Plots", *[f"![{p}]({p})" for p in report["plots"]]]
     return "\n\n".join(parts) + "\n"

@@ -155,6 +155,11 @@ def test_sampler_chains_are_diagnosed_and_flagged(report: dict[str, Any], sweep:
     diag_rows = [ln for ln in text.splitlines() if ln.startswith("| tiny") and "probe" in ln]
     assert diag_rows and all(("**NO**" in ln or "too few draws" in ln) for ln in diag_rows)
     assert all("not checked" in ln for ln in diag_rows)  # 4 draws: no stationarity check
+    # the seeds' per-step traces, diagnosed the same way, in report.json and report.md
+    trace = diag["trace"]
+    assert trace["n_chains"] == 2 and {"u", "nll"} <= set(trace["summaries"])
+    assert trace["summaries"]["u"]["n_draws"] > diag["summaries"]["LoRA norm"]["n_draws"]
+    assert "Per-step traces" in text and "per-step traces: " in text
     for png in ("comparison_tiny_mrpc.png", "tiny_mrpc_sgld_trace.png"):
         assert (sweep / png).read_bytes()[:4] == b"\x89PNG"
 
