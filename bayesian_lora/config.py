@@ -19,9 +19,8 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from bayesian_lora.callbacks.chain_checkpoint import LAST_CHECKPOINT
+from bayesian_lora.callbacks.chain_checkpoint import AtomicCheckpointIO, ChainCheckpoint
 from bayesian_lora.callbacks.sample_collector import SampleCollector
-from bayesian_lora.callbacks.sample_store import library_versions, read_manifest
 from bayesian_lora.callbacks.trace import TraceRecorder
 from bayesian_lora.data.datamodule import TextClassificationDataModule
 from bayesian_lora.data.tasks import get_task
@@ -35,6 +34,8 @@ from bayesian_lora.models.lora import (
 )
 from bayesian_lora.models.module import AdamWSettings, BayesianLoRAModule
 from bayesian_lora.models.prior import GaussianPrior, PriorSettings, build_prior
+from bayesian_lora.runs import Manifest, RunFolder, load_samples, resolve_from_run
+from bayesian_lora.runs.checks import check_from_run
 from bayesian_lora.samplers import SAMPLERS
 from bayesian_lora.samplers.chain import ChainPlan
 from bayesian_lora.samplers.schedules import build_schedule
@@ -42,7 +43,6 @@ from bayesian_lora.samplers.schedules import build_schedule
 log = logging.getLogger("bayesian_lora")
 
 CONFIG_DIR = Path(__file__).resolve().parent / "conf"
-CHECKPOINT_DIR = "checkpoints"
 
 
 def print_config(cfg: DictConfig) -> None:
@@ -50,28 +50,26 @@ def print_config(cfg: DictConfig) -> None:
     print(OmegaConf.to_yaml(cfg, resolve=True))
 
 
-def last_checkpoint(run_dir: Path) -> Path:
-    """Where a sampler run keeps its latest checkpoint (the one ``resume=`` continues from)."""
-    return run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
-
-
 def resolve_resume(cfg: DictConfig) -> tuple[DictConfig, str | None]:
     """``resume=<run folder>``: continue that run with its own saved config and last checkpoint."""
     if not cfg.get("resume"):
         return cfg, None
-    run_dir = Path(cfg.resume).expanduser().resolve()
-    ckpt = last_checkpoint(run_dir)
-    saved = run_dir / "config.yaml"
-    if not saved.is_file() or not ckpt.is_file():
+    run = RunFolder(Path(cfg.resume).expanduser().resolve())
+    ckpt, saved = run.last_checkpoint, run.config_file
+    if not saved.is_file() or (not ckpt.is_file() and run.has_samples):
         raise FileNotFoundError(
             f"resume={cfg.resume!r}: expected {saved} and {ckpt}; is this a run folder of a "
             "sampler run that wrote a checkpoint?"
         )
     resumed = OmegaConf.load(saved)
     with open_dict(resumed):
-        resumed.paths.output_dir = str(run_dir)
-        resumed.resume = str(run_dir)
-    log.info("resuming %s from %s", run_dir, ckpt)
+        resumed.paths.output_dir = str(run.path)
+        resumed.resume = str(run.path)
+        resumed.break_lock = bool(cfg.get("break_lock", False))  # about this attempt, not the run
+    if not ckpt.is_file():  # stopped before its first checkpoint: nothing to lose, start again
+        log.warning("%s has no checkpoint (and no samples) yet: the chain starts again", run.path)
+        return resumed, None
+    log.info("resuming %s from %s", run.path, ckpt)
     return resumed, str(ckpt)
 
 
@@ -200,7 +198,9 @@ def build_module(
         divergence_retries=int(cfg.get("divergence_retries", 3)),
     )
     if plan is not None and s.warmup.get("from_run"):
-        init_from_run(module, resolve_from_run(s.warmup.from_run, int(cfg.seed)))
+        run = from_run_folder(cfg)
+        assert run is not None
+        init_from_run(module, run)
     return module, counts
 
 
@@ -215,39 +215,39 @@ def build_prior_for(cfg: DictConfig, model: Any) -> GaussianPrior:
     return prior
 
 
-def resolve_from_run(path: str | Path, seed: int) -> Path:
-    """A run folder, or a sweep folder: then its MAP run with this seed (chain s starts at MAP s)."""
-    folder = Path(path).expanduser().resolve()
-    if (folder / "manifest.json").is_file():
-        return folder
-    matches = []
-    for manifest_path in sorted(folder.glob("*/manifest.json")):
-        manifest = read_manifest(manifest_path.parent)
-        if manifest.get("seed") == seed and manifest.get("sampler", {}).get("name") == "map":
-            matches.append(manifest_path.parent)
-    if len(matches) != 1:
-        found = ", ".join(m.name for m in matches) or "none"
-        raise FileNotFoundError(
-            f"warmup.from_run={str(path)!r} is not a run folder, and as a sweep folder it holds "
-            f"{len(matches)} MAP runs with seed {seed} (need exactly one): {found}"
-        )
-    return matches[0]
+def from_run_folder(cfg: DictConfig) -> RunFolder | None:
+    """``sampler.warmup.from_run``, resolved and checked against this config (before any model
+    is loaded): task, label count, model and LoRA config, prior and data split must agree."""
+    if is_map(cfg) or not cfg.sampler.warmup.get("from_run"):
+        return None
+    run = resolve_from_run(cfg.sampler.warmup.from_run, int(cfg.seed))
+    check_from_run(cfg, run)
+    return run
 
 
-def init_from_run(module: BayesianLoRAModule, run_dir: Path) -> None:
+def init_from_run(module: BayesianLoRAModule, run: RunFolder) -> None:
     """Start the chain at the (last) sample of another run, typically a MAP run."""
-    from bayesian_lora.callbacks.sample_store import load_samples
     from bayesian_lora.evaluation.ensemble import swap_in
 
-    samples, manifest = load_samples(run_dir)
+    samples, manifest = load_samples(run.path)
     params = module.sampled_parameters()
-    if set(samples) != set(params):
+    shapes = {n: list(p.shape) for n, p in params.items()}
+    if {n: list(t.shape[1:]) for n, t in samples.items()} != shapes:
         raise ValueError(
-            f"warmup.from_run={str(run_dir)!r} holds parameters for a different model/LoRA config "
-            f"(model {manifest.get('model', {}).get('name_or_path')!r})"
+            f"warmup.from_run={str(run.path)!r} holds parameters for a different model/LoRA "
+            f"config (model {manifest.get('model', {}).get('name_or_path')!r})"
         )
     swap_in(params, samples, manifest["num_samples"] - 1)
-    log.info("chain initialised from %s", run_dir)
+    log.info("chain initialised from %s", run.path)
+
+
+def _registry_names(block: Any) -> Any:
+    """A config block without Hydra import paths (manifests name things by registry name)."""
+    if isinstance(block, dict):
+        return {
+            k: _registry_names(v) for k, v in block.items() if k not in ("_target_", "_partial_")
+        }
+    return block
 
 
 def manifest_for(
@@ -255,21 +255,38 @@ def manifest_for(
     datamodule: TextClassificationDataModule,
     plan: ChainPlan | None,
     prior: GaussianPrior | None = None,
-) -> dict[str, Any]:
-    c = OmegaConf.to_container(cfg, resolve=True)
+) -> Manifest:
+    c = _registry_names(OmegaConf.to_container(cfg, resolve=True))
+    prior_std = cfg.get("prior_std")
+    return Manifest(
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        model=c["model"],
+        lora=c["model"]["lora"],
+        task=cfg.data.task,
+        data=c["data"],
+        num_data=datamodule.num_train_examples,
+        prior_std=None if prior_std is None else float(prior_std),
+        prior=prior.describe() if prior is not None else {},
+        seed=int(cfg.seed),
+        sampler={**c["sampler"], "name": cfg.sampler.name, "algorithm": sampler_algorithm(cfg)},
+        kept_steps_planned=plan.kept_steps() if plan is not None else None,
+        versions=library_versions(),
+    )
+
+
+def library_versions() -> dict[str, str]:
+    import peft
+    import torch
+    import transformers
+
+    import bayesian_lora
+
     return {
-        "format": "bayesian-lora-samples/1",
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "model": c["model"],
-        "lora": c["model"]["lora"],
-        "task": cfg.data.task,
-        "data": c["data"],
-        "num_data": datamodule.num_train_examples,
-        "prior": prior.describe() if prior is not None else None,
-        "seed": int(cfg.seed),
-        "sampler": {"name": cfg.sampler.name, "algorithm": sampler_algorithm(cfg), **c["sampler"]},
-        "kept_steps_planned": plan.kept_steps() if plan is not None else None,
-        "versions": library_versions(),
+        "bayesian_lora": bayesian_lora.__version__,
+        "torch": torch.__version__,
+        "lightning": L.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
     }
 
 
@@ -309,12 +326,13 @@ def build_trainer(
     cfg: DictConfig,
     run_dir: Path,
     plan: ChainPlan | None,
-    manifest: dict[str, Any],
+    manifest: Manifest,
     loggers: list[Any],
 ) -> tuple[L.Trainer, SampleCollector | None]:
     cb = cfg.callbacks
-    ckpt_dir = run_dir / CHECKPOINT_DIR
-    overrides: dict[str, Any] = {"logger": loggers or False}
+    run = RunFolder(run_dir)
+    ckpt_dir = run.checkpoint_dir
+    overrides: dict[str, Any] = {"logger": loggers or False, "plugins": [AtomicCheckpointIO()]}
     collector = None
     if plan is None:
         callbacks: list[Any] = [
@@ -333,15 +351,10 @@ def build_trainer(
             ),
         ]
     else:
-        collector = build_collector(cfg, run_dir, plan, manifest)
+        collector = build_collector(cfg, run, plan, manifest)
         callbacks = [
             collector,
-            ModelCheckpoint(
-                dirpath=ckpt_dir,
-                save_top_k=0,
-                save_last=True,
-                every_n_train_steps=int(cb.checkpoint.every_n_train_steps),
-            ),
+            ChainCheckpoint(run.last_checkpoint, int(cb.checkpoint.every_n_train_steps)),
         ]
         trace = cb.get("trace")
         if trace is not None and trace.enabled:
@@ -362,15 +375,15 @@ def build_trainer(
 
 
 def build_collector(
-    cfg: DictConfig, run_dir: Path, plan: ChainPlan, manifest: dict[str, Any]
+    cfg: DictConfig, run: RunFolder, plan: ChainPlan, manifest: Manifest
 ) -> SampleCollector:
     """What a chain keeps at its kept steps: the iterates, or SWAG's moments (``sampler.swag``)."""
     flush_every = int(cfg.callbacks.samples.flush_every)
     swag = cfg.sampler.get("swag")
     if swag is None:
-        return SampleCollector(run_dir, plan, manifest, flush_every=flush_every)
+        return SampleCollector(run, plan, manifest, flush_every=flush_every)
     return SWAGCollector(
-        run_dir,
+        run.path,
         plan,
         manifest,
         rank=int(swag.rank),
@@ -382,8 +395,6 @@ def build_collector(
 
 def load_run_config(run_dir: str | Path) -> DictConfig:
     """The resolved config a run folder was trained with."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        read_manifest(run_dir)  # raises the clearer "not a run folder" error first
-        raise FileNotFoundError(f"{path} is missing")
-    return OmegaConf.load(path)
+    config = RunFolder(Path(run_dir)).config
+    assert isinstance(config, DictConfig)
+    return config

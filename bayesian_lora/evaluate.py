@@ -26,19 +26,13 @@ from __future__ import annotations
 import glob
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from bayesian_lora.callbacks.sample_store import (
-    MANIFEST_FILE,
-    SampleFileError,
-    read_manifest,
-)
-from bayesian_lora.config import CONFIG_DIR, load_run_config
+from bayesian_lora.config import CONFIG_DIR
 from bayesian_lora.config_validation import ConfigError
 from bayesian_lora.data.tasks import TaskSpec, get_task
 from bayesian_lora.evaluation.chains import (
@@ -67,37 +61,14 @@ from bayesian_lora.evaluation.write import (
 )
 from bayesian_lora.methods import get_calibrator
 from bayesian_lora.methods.temperature import calibrate_predictive
-from bayesian_lora.models.lora import ModelSettings
 from bayesian_lora.models.module import BayesianLoRAModule
+from bayesian_lora.runs import RunFolder, open_run
+from bayesian_lora.runs.checks import ManifestMismatchError, check_data, model_identity
+from bayesian_lora.runs.checks import differences as _differences
 
 log = logging.getLogger("bayesian_lora.evaluate")
 
 SPLITS = ("test", "validation")  # validation = the part of train held out for model selection
-
-
-class ManifestMismatchError(SampleFileError):
-    """Samples that do not fit the model/LoRA config or the other run folders."""
-
-
-@dataclass
-class RunFolder:
-    """A run folder: its manifest and the config it was trained with."""
-
-    path: Path
-    manifest: dict[str, Any]
-    config: DictConfig
-
-    @property
-    def sampler(self) -> str:
-        return str(self.manifest["sampler"]["name"])
-
-    @property
-    def is_map(self) -> bool:
-        return self.sampler == "map"
-
-    @property
-    def num_samples(self) -> int:
-        return int(self.manifest["num_samples"])
 
 
 # ----------------------------------------------------------------------------- run folders
@@ -115,49 +86,13 @@ def run_paths(cfg: DictConfig) -> list[Path]:
     for entry in entries:
         entry = str(Path(entry).expanduser())
         if any(c in entry for c in "*?["):
-            matches = [m for m in sorted(glob.glob(entry)) if (Path(m) / MANIFEST_FILE).is_file()]
+            matches = [m for m in sorted(glob.glob(entry)) if RunFolder(Path(m)).is_run_folder]
             if not matches:
                 raise FileNotFoundError(f"run_dirs pattern {entry!r} matches no run folder")
             paths += [Path(m) for m in matches]
         else:
             paths.append(Path(entry))
     return list(dict.fromkeys(p.resolve() for p in paths))
-
-
-def open_run(path: Path) -> RunFolder:
-    """Manifest + saved config of a run folder, with clear errors for anything else."""
-    if not path.is_dir():
-        raise FileNotFoundError(f"run folder {path} does not exist")
-    if not (path / MANIFEST_FILE).is_file():
-        inner = sorted(p.parent for p in path.glob(f"*/{MANIFEST_FILE}"))
-        hint = (
-            f"; it holds {len(inner)} run folders (a sweep?): pool them with "
-            f"'run_dirs=[{path}/*]' or evaluate each with -m run_dir=..."
-            if inner
-            else ""
-        )
-        raise SampleFileError(f"{path} is not a run folder (no {MANIFEST_FILE}){hint}")
-    return RunFolder(path, read_manifest(path), load_run_config(path))
-
-
-def model_identity(model: Mapping[str, Any]) -> dict[str, Any]:
-    """What fixes the function and the parameter layout: model id, lengths and LoRA config."""
-    s = ModelSettings.from_config(model)
-    return {
-        "model.name_or_path": s.name_or_path,
-        "model.max_length": int(s.max_length),
-        "model.tiny": dict(s.tiny) if s.name_or_path in ("tiny-bert", "tiny-causal") else {},
-        "lora.r": int(s.lora.r),
-        "lora.alpha": float(s.lora.alpha),
-        "lora.dropout": float(s.lora.dropout),
-        "lora.target_modules": sorted(s.lora.target_modules),
-        "lora.modules_to_save": sorted(s.lora.modules_to_save),
-    }
-
-
-def _differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
-    keys = sorted(set(a) | set(b))
-    return [f"{k} ({a.get(k)!r} vs {b.get(k)!r})" for k in keys if a.get(k) != b.get(k)]
 
 
 def _parameter_differences(expected: Mapping[str, Any], actual: Mapping[str, Any]) -> list[str]:
@@ -294,6 +229,7 @@ def prepare(cfg: DictConfig) -> tuple[list[RunFolder], DictConfig, TaskSpec]:
     run_cfg = eval_run_config(cfg, runs[0])
     source = "the model=... override" if cfg.get("model") is not None else "its config.yaml"
     check_requested_model(run_cfg.model, runs[0], source)
+    check_data(run_cfg.data, runs[0], "its config.yaml")
     if cfg.get("weights"):  # same model, other location: checked above under its recorded id
         with open_dict(run_cfg):
             run_cfg.model.name_or_path = str(cfg.weights)

@@ -23,10 +23,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from safetensors.torch import save_file
 from torch import Tensor
 
-from bayesian_lora.callbacks.sample_store import SAMPLES_FILE, load_samples, write_samples
 from bayesian_lora.config import CONFIG_DIR, build_datamodule
 from bayesian_lora.config_validation import ConfigError
-from bayesian_lora.evaluate import RunFolder, open_run
 from bayesian_lora.evaluation.ensemble import cache_batches, labels_of, predict_samples, swap_in
 from bayesian_lora.evaluation.metrics import ensemble_metrics
 from bayesian_lora.evaluation.predict import build_eval_module, eval_run_config, resolve_device
@@ -38,6 +36,8 @@ from bayesian_lora.methods.laplace import (
     LaplacePosterior,
     fit_curvature,
 )
+from bayesian_lora.runs import RunFolder, load_samples, open_run, write_samples
+from bayesian_lora.runs.layout import SAMPLES_FILE
 
 log = logging.getLogger("bayesian_lora.laplace")
 

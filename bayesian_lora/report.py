@@ -35,11 +35,6 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from bayesian_lora.callbacks.sample_store import (
-    MANIFEST_FILE,
-    SampleFileError,
-    load_samples,
-)
 from bayesian_lora.config import CONFIG_DIR
 from bayesian_lora.config_validation import ConfigError
 from bayesian_lora.data.tasks import get_task
@@ -67,6 +62,8 @@ from bayesian_lora.evaluation.write import (
     write_diagnostics_data,
     write_json,
 )
+from bayesian_lora.runs import RunFolder, SampleFileError, load_samples
+from bayesian_lora.runs import find_run_folders as _find_runs
 
 # Config keys that differ between seeds of one configuration, or only say where things are.
 IGNORED = (
@@ -138,34 +135,20 @@ class Group:
 
 
 def is_run_folder(path: Path) -> bool:
-    return (path / MANIFEST_FILE).is_file() and (path / METRICS_FILE).is_file()
+    """A finished run folder: samples and test metrics."""
+    run = RunFolder(path)
+    return run.is_run_folder and run.metrics_file.is_file()
 
 
 def find_run_folders(folders: Sequence[str | Path]) -> list[Path]:
-    """Run folders given directly or found anywhere below the given folders."""
-    found: list[Path] = []
-    for folder in map(Path, folders):
-        if not folder.is_dir():
-            raise FileNotFoundError(f"{folder} is not a folder")
-        if is_run_folder(folder):
-            found.append(folder.resolve())
-            continue
-        found += sorted(
-            p.parent.resolve() for p in folder.rglob(MANIFEST_FILE) if is_run_folder(p.parent)
-        )
-    found = list(dict.fromkeys(found))
-    if not found:
-        raise FileNotFoundError(
-            f"no run folders (with {MANIFEST_FILE} and {METRICS_FILE}) under "
-            f"{', '.join(map(str, folders))}"
-        )
-    return found
+    """Finished run folders given directly or found anywhere below the given folders."""
+    return [r.path for r in _find_runs(folders, with_metrics=True)]
 
 
 def unfinished_run_folders(folders: Sequence[str | Path]) -> list[Path]:
-    """Folders below ``folders`` with a manifest but no test metrics."""
-    manifests = [p for f in map(Path, folders) for p in sorted(f.rglob(MANIFEST_FILE))]
-    return [p.parent for p in manifests if not is_run_folder(p.parent)]
+    """Folders below ``folders`` with samples but no test metrics."""
+    runs = _find_runs(folders, required=False)
+    return [r.path for r in runs if not r.metrics_file.is_file()]
 
 
 def load_run(path: Path) -> SweepRun:

@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import logging
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from bayesian_lora.callbacks.sample_store import SAMPLES_FILE, write_samples
+from bayesian_lora.callbacks.chain_checkpoint import PREEMPTED_EXIT_CODE
 from bayesian_lora.config import (
     CONFIG_DIR,
     build_chain_plan,
@@ -23,7 +26,7 @@ from bayesian_lora.config import (
     build_loggers,
     build_module,
     build_trainer,
-    last_checkpoint,
+    from_run_folder,
     manifest_for,
     print_config,
     resolve_resume,
@@ -32,6 +35,8 @@ from bayesian_lora.config import (
 )
 from bayesian_lora.config_validation import validate_config
 from bayesian_lora.evaluation.predict import evaluate_module_on_test
+from bayesian_lora.runs import Manifest, RunFolder
+from bayesian_lora.runs.layout import remove_stale_temporaries
 
 log = logging.getLogger("bayesian_lora.train")
 
@@ -43,12 +48,22 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one chain end to end; returns the test metrics (empty if not evaluated)."""
     cfg, ckpt_path = resolve_resume(cfg)
     validate_config(cfg)
-    run_dir = Path(cfg.paths.output_dir)
-    if ckpt_path is None:
-        refuse_to_overwrite(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    from_run_folder(cfg)  # a warm start that does not fit is refused before anything loads
+    run = RunFolder(Path(cfg.paths.output_dir))
+    writer = getattr(rank_zero_only, "rank", 0) == 0  # under DDP, rank zero owns the folder
+    lock = run.lock(break_lock=bool(cfg.get("break_lock", False))) if writer else nullcontext()
+    with lock:
+        if writer:
+            remove_stale_temporaries(run.path)
+        if ckpt_path is None:
+            refuse_to_overwrite(run)
+        return _train(cfg, run, ckpt_path)
+
+
+def _train(cfg: DictConfig, run: RunFolder, ckpt_path: str | None) -> dict[str, Any]:
+    run_dir = run.path
     print_config(cfg)
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    OmegaConf.save(cfg, run.config_file, resolve=True)
     L.seed_everything(int(cfg.seed), workers=True)
 
     datamodule = build_datamodule(cfg)
@@ -65,10 +80,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             f"trainer.num_nodes gave {world_size(cfg)}; set trainer.devices explicitly"
         )
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException:
+        log.warning(
+            "stopped by a signal after chain step %d: checkpoint written, samples flushed; "
+            "continue with resume=%s",
+            module.chain_step,
+            run_dir,
+        )
+        raise SystemExit(PREEMPTED_EXIT_CODE) from None
     if plan is None:
         if trainer.is_global_zero:  # under DDP, only rank zero writes samples
-            _write_map_sample(trainer, module, run_dir, manifest)
+            _write_map_sample(trainer, module, run, manifest)
     elif collector is not None and collector.num_kept < plan.num_samples:
         log.warning(
             "the run stopped with %d of %d samples kept", collector.num_kept, plan.num_samples
@@ -91,17 +115,17 @@ def close_loggers(loggers: list[Any]) -> None:
             logger.experiment.finish()
 
 
-def refuse_to_overwrite(run_dir: Path) -> None:
+def refuse_to_overwrite(run: RunFolder) -> None:
     """A rerun into a folder that already holds a chain would overwrite its samples."""
-    existing = [p for p in (run_dir / SAMPLES_FILE, last_checkpoint(run_dir)) if p.exists()]
+    existing = [p for p in (run.samples_file, run.last_checkpoint) if p.exists()]
     if existing:
         raise FileExistsError(
-            f"{run_dir} already holds a run ({', '.join(p.name for p in existing)}): continue it "
-            f"with resume={run_dir}, or choose another output folder"
+            f"{run.path} already holds a run ({', '.join(p.name for p in existing)}): continue "
+            f"it with resume={run.path}, or choose another output folder"
         )
 
 
-def _write_map_sample(trainer: L.Trainer, module: Any, run_dir: Path, manifest: dict) -> None:
+def _write_map_sample(trainer: L.Trainer, module: Any, run: RunFolder, manifest: Manifest) -> None:
     """MAP keeps one sample: the parameters of the best validation-NLL checkpoint."""
     import torch
 
@@ -114,8 +138,8 @@ def _write_map_sample(trainer: L.Trainer, module: Any, run_dir: Path, manifest: 
         log.info("MAP: restored the best checkpoint %s (step %d)", best, step)
     params = module.sampled_parameters()
     samples = {name: p.detach()[None] for name, p in params.items()}
-    write_samples(run_dir, samples, {**manifest, "steps": [step], "status": "complete"})
-    log.info("MAP sample (step %d) written to %s", step, run_dir)
+    run.write_samples(samples, manifest.replace(steps=[step], status="complete"))
+    log.info("MAP sample (step %d) written to %s", step, run.path)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")

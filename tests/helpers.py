@@ -97,16 +97,34 @@ class AtStep(L.Callback):
             self.action(pl_module)
 
 
-def inject(monkeypatch: pytest.MonkeyPatch, callback: L.Callback) -> None:
-    """Adds ``callback`` to the trainer that ``bayesian_lora.train`` builds next."""
+class BeforeUpdate(L.Callback):
+    """Runs ``action(pl_module)`` inside step ``step`` (gradients computed, update not applied),
+    at most ``times`` times (a retried step comes back with the same chain step)."""
+
+    def __init__(self, step: int, action: Any, times: int = 1) -> None:
+        self.step, self.action, self.times = step, action, times
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: Any, optimizer: Any) -> None:
+        if self.times and pl_module.chain_step == self.step:
+            self.times -= 1
+            self.action(pl_module)
+
+
+def inject(monkeypatch: pytest.MonkeyPatch | None, *callbacks: L.Callback) -> None:
+    """Adds ``callbacks`` to the trainer that ``bayesian_lora.train`` builds next (for good when
+    ``monkeypatch`` is None: in a forked child that is about to die)."""
     import bayesian_lora.train as train_module
 
     original = train_module.build_trainer
 
     def build_with_callback(*args: Any, **kwargs: Any) -> Any:
         trainer, collector = original(*args, **kwargs)
-        trainer.callbacks.append(callback)
+        trainer.callbacks.extend(callbacks)
         return trainer, collector
+
+    if monkeypatch is None:
+        train_module.build_trainer = build_with_callback  # type: ignore[assignment]
+        return
 
     monkeypatch.setattr(train_module, "build_trainer", build_with_callback)
 

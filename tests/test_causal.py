@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 import torch
+from bayesian_lora.callbacks.sample_store import load_samples
 from omegaconf import OmegaConf
 from torch import nn
 
-from bayesian_lora.callbacks.sample_store import load_samples
 from bayesian_lora.config import CONFIG_DIR
 from bayesian_lora.data.mcqa import CHOICE_MASK, LETTERS, format_row
 from bayesian_lora.data.tasks import get_task

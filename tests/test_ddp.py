@@ -20,9 +20,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bayesian_lora.callbacks.sample_store import load_samples, read_manifest
 from bayesian_lora.data.datamodule import RankShard, ResumableRandomSampler
 from bayesian_lora.models.module import BayesianLoRAModule
+from bayesian_lora.runs import load_samples, read_manifest
 from bayesian_lora.train import train
 from tests.helpers import compose_train
 
@@ -62,18 +62,19 @@ PROBE = textwrap.dedent(
     import bayesian_lora.callbacks.sample_collector as sample_collector
     import bayesian_lora.train as train_module
     from bayesian_lora.config import CONFIG_DIR
+    from bayesian_lora.runs import RunFolder
 
     OUT = Path(os.environ["DDP_PROBE_OUT"])
-    write_samples = sample_collector.write_samples
+    write_samples = RunFolder.write_samples
 
 
-    def logged_write_samples(run_dir, samples, manifest):
+    def logged_write_samples(self, samples, manifest):
         with open(OUT / "writes.txt", "a") as f:
-            f.write(f"{os.environ.get('LOCAL_RANK', '0')} {Path(run_dir).resolve()}\\n")
-        write_samples(run_dir, samples, manifest)
+            f.write(f"{os.environ.get('LOCAL_RANK', '0')} {self.path.resolve()}\\n")
+        return write_samples(self, samples, manifest)
 
 
-    sample_collector.write_samples = logged_write_samples
+    RunFolder.write_samples = logged_write_samples
 
 
     class SaveRankSamples(L.Callback):
@@ -167,7 +168,9 @@ def test_resume_skips_the_global_batches_already_used() -> None:
         train_sampler=ResumableRandomSampler(n, seed=1), batch_size=per_rank
     )
     trainer = SimpleNamespace(datamodule=datamodule, world_size=world)
-    fake_module = SimpleNamespace(_trainer=trainer, trainer=trainer, chain_step=step)
+    fake_module = SimpleNamespace(
+        _trainer=trainer, trainer=trainer, chain_step=step, retries_used=0
+    )
     BayesianLoRAModule._resume_data_order(fake_module)
     for r in range(world):
         shard = RankShard(datamodule.train_sampler, world, r)

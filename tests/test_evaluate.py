@@ -14,7 +14,6 @@ import pytest
 import torch
 from hydra.core.global_hydra import GlobalHydra
 
-from bayesian_lora.callbacks.sample_store import SampleFileError, load_samples
 from bayesian_lora.config import load_run_config
 from bayesian_lora.config_validation import ConfigError
 from bayesian_lora.evaluate import ManifestMismatchError, open_run
@@ -24,6 +23,7 @@ from bayesian_lora.evaluation.predict import build_eval_batches, build_eval_modu
 from bayesian_lora.evaluation.results import evaluate_predictions
 from bayesian_lora.evaluation.write import load_predictions
 from bayesian_lora.models.lora import ModelSettings, build_lora_model
+from bayesian_lora.runs import Manifest, SampleFileError, load_samples, write_samples
 from tests.helpers import CHAIN as SHORT_CHAIN
 from tests.helpers import compose_config, run_eval, train_run
 
@@ -253,22 +253,74 @@ def test_model_override_that_differs_from_the_manifest_is_refused(runs: dict[str
         run_eval(f"run_dir={runs['sgld0']}", "model=tiny", "model.lora.r=8")
 
 
-def test_edited_manifest_is_refused(runs: dict[str, Path], tmp_path: Path) -> None:
+def _rewrite_manifest(run: Path, edit: Any) -> None:
+    """Samples whose (embedded, hashed) manifest says something else: re-published as such."""
+    samples, manifest = load_samples(run)
+    data = manifest.to_dict()
+    edit(data)
+    write_samples(run, samples, Manifest.from_dict(data))
+
+
+def test_a_manifest_for_another_model_is_refused(runs: dict[str, Path], tmp_path: Path) -> None:
     run = _copy_run(runs["map0"], tmp_path / "run")
-    manifest = json.loads((run / "manifest.json").read_text())
-    manifest["model"]["lora"]["r"] = 16
-    (run / "manifest.json").write_text(json.dumps(manifest))
+    _rewrite_manifest(run, lambda m: m["model"]["lora"].update(r=16))
     with pytest.raises(ManifestMismatchError, match=r"lora\.r \(4 vs 16\)"):
+        run_eval(f"run_dir={run}")
+
+
+def test_editing_manifest_json_changes_nothing(runs: dict[str, Path], tmp_path: Path) -> None:
+    """manifest.json is a copy for people; the manifest inside the samples file is the one used."""
+    run = _copy_run(runs["map0"], tmp_path / "run")
+    copy = json.loads((run / "manifest.json").read_text())
+    copy["model"]["lora"]["r"] = 16
+    (run / "manifest.json").write_text(json.dumps(copy))
+    assert run_eval(f"run_dir={run}", "plots=false")["num_members"] == 1
+    assert json.loads((run / "manifest.json").read_text())["model"]["lora"]["r"] == 4
+
+
+def test_a_manifest_for_another_task_or_split_is_refused(
+    runs: dict[str, Path], tmp_path: Path
+) -> None:
+    run = _copy_run(runs["map0"], tmp_path / "run")
+    _rewrite_manifest(run, lambda m: m.update(task="sst2"))
+    with pytest.raises(ManifestMismatchError, match=r"task \('mrpc' vs 'sst2'\)"):
+        run_eval(f"run_dir={run}")
+    run = _copy_run(runs["map0"], tmp_path / "run2")
+    _rewrite_manifest(run, lambda m: m["data"].update(split_seed=7))
+    with pytest.raises(ManifestMismatchError, match=r"data\.split_seed \(0 vs 7\)"):
         run_eval(f"run_dir={run}")
 
 
 def test_runs_of_different_tasks_cannot_be_pooled(runs: dict[str, Path], tmp_path: Path) -> None:
     run = _copy_run(runs["map1"], tmp_path / "run")
-    manifest = json.loads((run / "manifest.json").read_text())
-    manifest["task"] = "sst2"
-    (run / "manifest.json").write_text(json.dumps(manifest))
+    _rewrite_manifest(run, lambda m: m.update(task="sst2"))
     with pytest.raises(ManifestMismatchError, match=r"task \('mrpc' vs 'sst2'\)"):
         run_eval(f"run_dirs=[{runs['map0']},{run}]")
+
+
+def test_one_flipped_bit_is_refused_naming_the_tensor(
+    runs: dict[str, Path], tmp_path: Path
+) -> None:
+    run = _copy_run(runs["sgld0"], tmp_path / "run")
+    path = run / "samples.safetensors"
+    data = bytearray(path.read_bytes())
+    header = 8 + int.from_bytes(data[:8], "little")
+    name, info = next((n, i) for n, i in json.loads(data[8:header]).items() if n != "__metadata__")
+    data[header + info["data_offsets"][0] + 5] ^= 0x80  # one sign bit of that tensor
+    path.write_bytes(bytes(data))
+    with pytest.raises(SampleFileError, match=f"tensor {name} does not match its sha256"):
+        run_eval(f"run_dir={run}", "plots=false")
+    assert not (run / "evaluation").exists()
+
+
+def test_a_sample_file_with_a_nan_is_refused(runs: dict[str, Path], tmp_path: Path) -> None:
+    run = _copy_run(runs["sgld0"], tmp_path / "run")
+    samples, manifest = load_samples(run)
+    name = sorted(samples)[0]
+    samples[name][2].view(-1)[0] = float("nan")
+    write_samples(run, samples, manifest)  # consistent hashes: the NaN itself is refused
+    with pytest.raises(SampleFileError, match=rf"tensor {name} holds non-finite .*\[2\]"):
+        run_eval(f"run_dir={run}", "plots=false")
 
 
 def test_truncated_samples_file_is_refused(runs: dict[str, Path], tmp_path: Path) -> None:

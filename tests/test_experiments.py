@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bayesian_lora.callbacks.sample_store import load_samples
 from bayesian_lora.config import CONFIG_DIR
+from bayesian_lora.runs import load_samples
 from bayesian_lora.train import train
 from tests.helpers import CHAIN, compose_train, smoke_overrides, sweep_first_job
 

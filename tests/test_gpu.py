@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from bayesian_lora.callbacks.sample_collector import SampleCollector
-from bayesian_lora.callbacks.sample_store import load_samples
+from bayesian_lora.runs import load_samples
 from tests.helpers import CHAIN, train_observed
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from bayesian_lora.callbacks.sample_store import load_samples
 from safetensors.torch import load_file
 from scipy.optimize import minimize_scalar
 from torch import Tensor, nn
 
-from bayesian_lora.callbacks.sample_store import load_samples
 from bayesian_lora.config_validation import ConfigError
 from bayesian_lora.laplace import fit_laplace
 from bayesian_lora.methods.laplace import LaplacePosterior, fit_curvature

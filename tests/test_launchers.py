@@ -16,7 +16,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from bayesian_lora.callbacks.sample_store import load_samples
+from bayesian_lora.runs import load_samples
 from tests.helpers import compose_config
 
 pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="needs the launchers extra")

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from bayesian_lora.callbacks.sample_store import load_samples
 from omegaconf import OmegaConf
 
-from bayesian_lora.callbacks.sample_store import load_samples
 from bayesian_lora.config import CONFIG_DIR
 from bayesian_lora.config_validation import ConfigError, validate_config
 from bayesian_lora.data.tasks import get_task

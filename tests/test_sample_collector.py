@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from bayesian_lora.callbacks.sample_collector import SampleCollector
-from bayesian_lora.callbacks.sample_store import load_samples
+from bayesian_lora.runs import load_samples
 from tests.helpers import train_observed
 
 

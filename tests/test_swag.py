@@ -14,9 +14,9 @@ import torch
 from safetensors.torch import load_file
 
 import bayesian_lora.train as train_module
-from bayesian_lora.callbacks.sample_store import load_samples
 from bayesian_lora.config_validation import ConfigError, validate_config
 from bayesian_lora.methods.swag import SWAG_FILE, SWAGMoments
+from bayesian_lora.runs import load_samples
 from tests.helpers import AtStep, compose_train, inject, run_eval, smoke_overrides
 
 SWAG = [

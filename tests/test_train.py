@@ -10,9 +10,9 @@ import pytest
 import torch
 from hydra.errors import MissingConfigException
 
-from bayesian_lora.callbacks.sample_store import load_samples
 from bayesian_lora.config import CONFIG_DIR
 from bayesian_lora.data.tasks import TASKS
+from bayesian_lora.runs import load_samples
 from bayesian_lora.train import train
 from tests.helpers import CHAIN, compose_train, smoke_overrides
 from tests.wandb_offline import config_keys, history_keys, read_offline_run

@@ -33,8 +33,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from bayesian_lora.callbacks.sample_store import _atomic_write
 from bayesian_lora.models.module import set_dropout
+from bayesian_lora.runs.layout import atomic_write
 from bayesian_lora.samplers.chain import ChainPlan
 
 TRACE_FILE = "trace.safetensors"
@@ -140,7 +140,7 @@ class TraceRecorder(L.Callback):
             "probe_size": str(self.probe_size if self._probe is not None else 0),
         }
         path = self.run_dir / TRACE_FILE
-        _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta), "trace")
 
 
 def load_trace(run_dir: str | Path) -> dict[str, Tensor]:

@@ -417,6 +417,9 @@ class TextClassificationDataModule(L.LightningDataModule):
             collate_fn=self.collator,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            # Its own generator: creating an iterator then draws nothing from the global RNG
+            # (dropout's), so a resumed chain repeats the warm start's dropout masks exactly.
+            generator=torch.Generator().manual_seed(self.shuffle_seed),
         )
 
     def _require_setup(self) -> None:

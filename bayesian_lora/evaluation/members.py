@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from bayesian_lora.callbacks.sample_store import load_samples
+from bayesian_lora.runs import load_samples
 
 if TYPE_CHECKING:
-    from bayesian_lora.evaluate import RunFolder
+    from bayesian_lora.runs import RunFolder
 
 
 def spaced_indices(num: int, take: int) -> list[int]:

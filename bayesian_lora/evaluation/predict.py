@@ -18,7 +18,6 @@ import torch
 from omegaconf import DictConfig, open_dict
 from torch import Tensor
 
-from bayesian_lora.callbacks.sample_store import load_samples
 from bayesian_lora.config import build_datamodule
 from bayesian_lora.data.datamodule import TextClassificationDataModule
 from bayesian_lora.data.tasks import get_task
@@ -33,9 +32,10 @@ from bayesian_lora.evaluation.write import (
 )
 from bayesian_lora.models.lora import ModelSettings, build_lora_model
 from bayesian_lora.models.module import BayesianLoRAModule
+from bayesian_lora.runs import load_samples
 
 if TYPE_CHECKING:
-    from bayesian_lora.evaluate import RunFolder
+    from bayesian_lora.runs import RunFolder
 
 
 @dataclass

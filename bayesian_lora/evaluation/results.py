@@ -25,8 +25,8 @@ from bayesian_lora.evaluation.metrics import (
 )
 
 if TYPE_CHECKING:
-    from bayesian_lora.evaluate import RunFolder
     from bayesian_lora.evaluation.predict import Members
+    from bayesian_lora.runs import RunFolder
 
 
 def evaluate_predictions(

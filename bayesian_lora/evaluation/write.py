@@ -19,17 +19,17 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
-from bayesian_lora.callbacks.sample_store import SampleFileError
 from bayesian_lora.data.tasks import TaskSpec
 from bayesian_lora.evaluation import plots as P
 from bayesian_lora.evaluation.diagnostics import save_inference_data
 from bayesian_lora.evaluation.members import ensemble_kind
 from bayesian_lora.evaluation.metrics import risk_coverage_curve
 from bayesian_lora.evaluation.results import ood_scores
+from bayesian_lora.runs import SampleFileError
 
 if TYPE_CHECKING:
-    from bayesian_lora.evaluate import RunFolder
     from bayesian_lora.evaluation.predict import Members
+    from bayesian_lora.runs import RunFolder
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from bayesian_lora.callbacks.sample_collector import SampleCollector
-from bayesian_lora.callbacks.sample_store import _atomic_write, write_samples
+from bayesian_lora.runs.layout import atomic_write
+from bayesian_lora.runs.store import write_samples
 from bayesian_lora.samplers.chain import ChainPlan
 
 log = logging.getLogger(__name__)
@@ -140,7 +141,7 @@ class SWAGMoments:
 def save_moments(run_dir: Path, moments: SWAGMoments) -> None:
     meta = {"n": str(moments.n), "rank": str(moments.rank)}
     tensors = moments.tensors()
-    _atomic_write(run_dir / SWAG_FILE, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    atomic_write(run_dir / SWAG_FILE, lambda tmp: save_file(tensors, tmp, metadata=meta), "swag")
 
 
 def load_moments(run_dir: Path, rank: int, n: int) -> SWAGMoments:

@@ -108,8 +108,10 @@ class BayesianLoRAModule(L.LightningModule):
         self.divergence_backoff = divergence_backoff
         self.divergence_retries = int(divergence_retries)
         self.chain_step = 0  # global step t, counting every optimizer step of the run
+        self.completed_step: int | None = None  # the step the last batch took (None: a retry)
         self.lr_scale = 1.0  # < 1 after step-size back-offs on divergence
-        self._last_good: list[Tensor] | None = None
+        self.retries_used = 0  # batches spent on divergence retries (they advance the data)
+        self._last_good: list[Tensor] | None = None  # the state before the current step
         # The Parameter objects survive .to(device), so the name scans are done once.
         self._sampled: dict[str, nn.Parameter] = trained
         self._moved = {n: p for n, p in trained.items() if self.prior.is_sampled(n)}
@@ -221,10 +223,14 @@ class BayesianLoRAModule(L.LightningModule):
         lr *= self.lr_scale
         for group in opt.optimizer.param_groups:
             group["lr"] = lr
+        self.completed_step = None
+        if self.divergence_backoff is not None:
+            self._snapshot()
         opt.step(closure=closure)
         if not self._finite(stats["u"]):
-            self._on_divergence(opt, step, phase, lr)
+            self._on_divergence(opt, step, phase, lr, bool(torch.isfinite(stats["u"])))
             return stats["u"]
+        self.completed_step = step
         self.chain_step += 1
         self.last_stats = stats  # u and NLL of this update, on the device (callbacks.trace)
         self.log_dict(
@@ -235,8 +241,6 @@ class BayesianLoRAModule(L.LightningModule):
             batch_size=batch["labels"].shape[0],
         )
         self.log("train/lr", lr, on_step=True, on_epoch=False)
-        if self.divergence_backoff is not None:
-            self._snapshot()
         if self.plan is not None and self.chain_step >= self.plan.total_steps():
             self.trainer.should_stop = True
         return stats["u"]
@@ -261,32 +265,50 @@ class BayesianLoRAModule(L.LightningModule):
         return bool(torch.isfinite(total))
 
     def _snapshot(self) -> None:
-        """Remember the current (finite) parameters as the state to back off to."""
+        """Remember the state before this step's update (its potential is checked by the step)."""
         params = [p.detach() for p in self.sampled_parameters().values()]
         if self._last_good is None:
             self._last_good = [p.clone() for p in params]
         else:
             torch._foreach_copy_(self._last_good, params)
 
-    def _on_divergence(self, opt: Any, step: int, phase: str, lr: float) -> None:
+    def _on_divergence(
+        self, opt: Any, step: int, phase: str, lr: float, potential_finite: bool
+    ) -> None:
+        """Back off (restore the pre-step state, smaller step) or stop with a clear message.
+
+        Only an update that diverged from a state with a finite potential is retried: the chain
+        step does not advance, the retry uses the next batch, and nothing is kept for the failed
+        attempt. A non-finite potential at the current state cannot be fixed by a smaller step
+        (and going back further would discard accepted steps): the run stops.
+        """
         name = "AdamW" if phase in ("map", "warmup") else type(opt.optimizer).__name__
         message = (
             f"non-finite potential or parameters at step {step} ({phase} phase) with {name}, "
             f"step size {lr:g}"
         )
-        can_retry = self.divergence_backoff is not None and self._last_good is not None
-        if not can_retry or self.divergence_retries <= 0:
+        if not potential_finite:
+            raise DivergenceError(
+                f"{message}: the potential is already non-finite at the state this step starts "
+                "from, so no smaller step can help (divergence_backoff retries only updates "
+                "that diverge); check the data for NaN/inf targets in this batch, or lower the "
+                "step size (sampler.lr)"
+            )
+        if self.divergence_backoff is None or self.divergence_retries <= 0:
             raise DivergenceError(
                 f"{message}; lower the step size (sampler.lr), or set divergence_backoff to "
                 "retry from the last good state with a smaller step"
+                + ("" if self.divergence_backoff is None else " (no retries left)")
             )
+        assert self._last_good is not None
         self.divergence_retries -= 1
+        self.retries_used += 1
         self.lr_scale *= float(self.divergence_backoff)
         params = [p.data for p in self.sampled_parameters().values()]
         torch._foreach_copy_(params, self._last_good)
         opt.optimizer.state.clear()  # momenta / preconditioners may hold non-finite values
         log.warning(
-            "%s: restored the last good state, step size scale now %g (%d retries left)",
+            "%s: restored the state before this step, step size scale now %g (%d retries left)",
             message,
             self.lr_scale,
             self.divergence_retries,
@@ -316,6 +338,8 @@ class BayesianLoRAModule(L.LightningModule):
         checkpoint["chain"] = {
             "chain_step": self.chain_step,
             "lr_scale": self.lr_scale,
+            "retries_used": self.retries_used,
+            "retries_left": self.divergence_retries,
             "torch_rng": torch.get_rng_state(),  # dropout, when it is on, draws from it
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
@@ -324,6 +348,8 @@ class BayesianLoRAModule(L.LightningModule):
         chain = checkpoint.get("chain", {})
         self.chain_step = int(chain.get("chain_step", 0))
         self.lr_scale = float(chain.get("lr_scale", 1.0))
+        self.retries_used = int(chain.get("retries_used", 0))
+        self.divergence_retries = int(chain.get("retries_left", self.divergence_retries))
         if "torch_rng" in chain:
             torch.set_rng_state(chain["torch_rng"].cpu())
         if chain.get("cuda_rng") and torch.cuda.is_available():
@@ -339,6 +365,6 @@ class BayesianLoRAModule(L.LightningModule):
         # A step uses batch_size indices per rank, taken together from one order (RankShard).
         batch_size = datamodule.batch_size * self.trainer.world_size
         steps_per_epoch = math.ceil(sampler.num_samples / batch_size)
-        epoch, position = divmod(self.chain_step, steps_per_epoch)
+        epoch, position = divmod(self.chain_step + self.retries_used, steps_per_epoch)
         sampler.set_epoch(epoch)
         sampler.skip_next(position * batch_size)
