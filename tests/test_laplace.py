@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from bayesian_lora.callbacks.sample_store import load_samples
 from safetensors.torch import load_file
 from scipy.optimize import minimize_scalar
 from torch import Tensor, nn
@@ -16,6 +15,7 @@ from bayesian_lora.config_validation import ConfigError
 from bayesian_lora.laplace import fit_laplace
 from bayesian_lora.methods.laplace import LaplacePosterior, fit_curvature
 from bayesian_lora.models.module import gaussian_nll
+from bayesian_lora.runs import load_samples
 from tests.helpers import compose_config, run_eval, train_run
 
 SIGMA = 0.5

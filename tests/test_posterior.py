@@ -31,11 +31,11 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from bayesian_lora.callbacks.sample_store import load_samples
 
 import bayesian_lora.train as train_module
 from bayesian_lora.config import build_datamodule
 from bayesian_lora.models.lora import ModelSettings, build_lora_model
+from bayesian_lora.runs import load_samples
 from tests.helpers import compose_train, inject
 
 OBS_STD = 2.0

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from bayesian_lora.callbacks.sample_store import load_samples
 from omegaconf import OmegaConf
 
 from bayesian_lora.config import CONFIG_DIR
@@ -17,6 +16,7 @@ from bayesian_lora.data.tasks import get_task
 from bayesian_lora.models.lora import ModelSettings, build_lora_model
 from bayesian_lora.models.module import BayesianLoRAModule
 from bayesian_lora.models.prior import PriorSettings, build_prior
+from bayesian_lora.runs import load_samples
 from bayesian_lora.train import train
 from tests.helpers import compose_train, run_eval, smoke_overrides
 
