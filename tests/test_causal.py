@@ -30,6 +30,7 @@ from bayesian_lora.models.lora import (
     sampled_parameters,
 )
 from bayesian_lora.models.module import BayesianLoRAModule
+from bayesian_lora.runs import load_samples
 from bayesian_lora.train import train
 from tests.helpers import CHAIN, compose_train, run_eval
 
