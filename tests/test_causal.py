@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 import torch
-from bayesian_lora.callbacks.sample_store import load_samples
 from omegaconf import OmegaConf
 from torch import nn
 

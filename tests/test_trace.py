@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from bayesian_lora.callbacks.sample_store import load_samples
 from safetensors import safe_open
 
 import bayesian_lora.train as train_module
 from bayesian_lora.callbacks.trace import TRACE_FILE, TRACE_FORMAT, load_trace
 from bayesian_lora.models.prior import parameter_group
+from bayesian_lora.runs import load_samples
 from bayesian_lora.train import train
 from tests.helpers import AtStep, compose_train, inject, smoke_overrides
 
