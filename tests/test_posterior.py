@@ -85,21 +85,25 @@ def head_of(model: Any) -> torch.nn.Module:
 
 
 class FeatureRecorder(L.Callback):
-    """Records the head's input (the frozen features) of the first training steps."""
+    """Records the head's input (the frozen features) in the training forward of the first
+    steps (not the trace's probe forward after the update)."""
 
     def __init__(self) -> None:
         self.features: list[torch.Tensor] = []
         self.labels: list[torch.Tensor] = []
+        self._armed = False
 
     def on_train_start(self, trainer: L.Trainer, pl_module: Any) -> None:
         def hook(module: Any, args: tuple[torch.Tensor, ...]) -> None:
-            if len(self.features) < 3:
+            if self._armed:
+                self._armed = False
                 self.features.append(args[0].detach().double().clone())
 
         head_of(pl_module.model).register_forward_pre_hook(hook)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: Any, batch: Any, *a: Any) -> None:
         if len(self.labels) < 3:
+            self._armed = True
             self.labels.append(batch["labels"].detach().double().clone())
 
 
