@@ -132,14 +132,16 @@ def _blow_up_update(module: Any) -> None:
 def test_divergence_backoff_retries_the_step_and_keeps_exactly_the_plan(
     reference_chain: Path, synthetic_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    inject(monkeypatch, BeforeUpdate(12, _blow_up_update, times=2))
+    # Step 14 comes right after the kept step 13: a retry that counted as a step would keep 13
+    # again (the old bug: saved steps ..., 13, 13, 13).
+    inject(monkeypatch, BeforeUpdate(14, _blow_up_update, times=2))
     run(synthetic_data_dir, tmp_path, "divergence_backoff=0.5")
     samples, manifest = load_samples(tmp_path)
     assert manifest.status == "complete" and manifest.steps == KEPT  # distinct, as planned
-    assert manifest.step_size_scales == [1.0, 1.0, 0.25, 0.25, 0.25, 0.25]
+    assert manifest.step_size_scales == [1.0, 1.0, 1.0, 0.25, 0.25, 0.25]
     reference, _ = load_samples(reference_chain)
     for name, t in samples.items():  # before the divergence: the same chain
-        assert torch.equal(t[:2], reference[name][:2]), name
+        assert torch.equal(t[:3], reference[name][:3]), name
 
 
 def test_divergence_backoff_runs_out_of_retries_clearly(
