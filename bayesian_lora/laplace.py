@@ -28,7 +28,7 @@ from bayesian_lora.config_validation import ConfigError
 from bayesian_lora.evaluation.ensemble import cache_batches, labels_of, predict_samples, swap_in
 from bayesian_lora.evaluation.metrics import ensemble_metrics
 from bayesian_lora.evaluation.predict import build_eval_module, eval_run_config, resolve_device
-from bayesian_lora.evaluation.runner import write_json
+from bayesian_lora.evaluation.write import write_json
 from bayesian_lora.methods.laplace import (
     LAPLACE_FILE,
     STRUCTURES,
