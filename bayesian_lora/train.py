@@ -129,7 +129,7 @@ def _write_map_sample(trainer: L.Trainer, module: Any, run: RunFolder, manifest:
     """MAP keeps one sample: the parameters of the best validation-NLL checkpoint."""
     import torch
 
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    best = getattr(trainer.checkpoint_callback, "best_model_path", "")
     step = module.chain_step
     if best:
         ckpt = torch.load(best, map_location=module.device, weights_only=True)

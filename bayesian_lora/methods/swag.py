@@ -38,6 +38,7 @@ from torch import Tensor
 
 from bayesian_lora.callbacks.sample_collector import SampleCollector
 from bayesian_lora.runs.layout import atomic_write
+from bayesian_lora.runs.manifest import Manifest
 from bayesian_lora.runs.store import write_samples
 from bayesian_lora.samplers.chain import ChainPlan
 
@@ -162,7 +163,7 @@ class SWAGCollector(SampleCollector):
         self,
         run_dir: str | Path,
         plan: ChainPlan,
-        manifest: dict[str, Any],
+        manifest: Manifest,
         rank: int,
         num_draws: int,
         draw_seed: int,
