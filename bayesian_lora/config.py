@@ -9,40 +9,45 @@ import logging
 import math
 import time
 import warnings
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import lightning as L
-import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from bayesian_lora.callbacks.chain_checkpoint import AtomicCheckpointIO, ChainCheckpoint
-from bayesian_lora.callbacks.sample_collector import SampleCollector
-from bayesian_lora.callbacks.trace import TraceRecorder
-from bayesian_lora.data.datamodule import TextClassificationDataModule
+from bayesian_lora.config_validation import override_key
 from bayesian_lora.data.tasks import get_task
-from bayesian_lora.methods.swag import SWAGCollector
-from bayesian_lora.models.lora import (
-    ModelSettings,
-    build_lora_model,
-    build_tokenizer,
-    format_parameter_counts,
-    parameter_counts,
-)
-from bayesian_lora.models.module import AdamWSettings, BayesianLoRAModule
-from bayesian_lora.models.prior import GaussianPrior, PriorSettings, build_prior
-from bayesian_lora.runs import Manifest, RunFolder, load_samples, resolve_from_run
-from bayesian_lora.runs.checks import check_from_run
-from bayesian_lora.samplers import SAMPLERS
+from bayesian_lora.errors import MissingInputError
 from bayesian_lora.samplers.chain import ChainPlan
 from bayesian_lora.samplers.schedules import build_schedule
+
+# torch, Lightning, transformers, peft and the run-folder store are imported inside the functions
+# that use them, so that ``resolve_resume`` and ``build_chain_plan`` run (and refuse bad input)
+# without them.
+if TYPE_CHECKING:
+    import lightning as L
+
+    from bayesian_lora.callbacks.sample_collector import SampleCollector
+    from bayesian_lora.data.datamodule import TextClassificationDataModule
+    from bayesian_lora.models.module import BayesianLoRAModule
+    from bayesian_lora.models.prior import GaussianPrior
+    from bayesian_lora.runs import Manifest, RunFolder
 
 log = logging.getLogger("bayesian_lora")
 
 CONFIG_DIR = Path(__file__).resolve().parent / "conf"
+
+
+# hydra/default.yaml: a resumed run logs into its own folder (Hydra makes no new one), and its
+# .hydra/ keeps the command that started the run.
+OmegaConf.register_new_resolver(
+    "resume_or", lambda resume, default: resume or default, replace=True
+)
+OmegaConf.register_new_resolver(
+    "unless_resume", lambda resume, v: None if resume else v, replace=True
+)
 
 
 def print_config(cfg: DictConfig) -> None:
@@ -50,22 +55,66 @@ def print_config(cfg: DictConfig) -> None:
     print(OmegaConf.to_yaml(cfg, resolve=True))
 
 
-def resolve_resume(cfg: DictConfig) -> tuple[DictConfig, str | None]:
-    """``resume=<run folder>``: continue that run with its own saved config and last checkpoint."""
+class ResumeError(MissingInputError):
+    """``resume=`` names no resumable run folder, or comes with overrides it cannot honour."""
+
+
+#: overrides that ``resume=`` applies to the saved config: where the data and caches are now,
+#: how the run reports progress, and breaking a stale lock; none of them changes the chain.
+RESUME_SAFE_OVERRIDES = (
+    "paths.data_dir",
+    "paths.cache_dir",
+    "data.num_workers",
+    "trainer.enable_progress_bar",
+    "trainer.log_every_n_steps",
+    "break_lock",
+)
+
+
+def resolve_resume(cfg: DictConfig, overrides: Sequence[str] = ()) -> tuple[DictConfig, str | None]:
+    """``resume=<run folder>``: continue that run with its own saved config and last checkpoint.
+
+    Of the other command-line ``overrides``, the ``RESUME_SAFE_OVERRIDES`` (and ``hydra.*``) are
+    applied to the saved config (and logged); any other is refused, naming it, before anything is
+    written: the run continues with the config it started with.
+    """
     if not cfg.get("resume"):
         return cfg, None
+    from bayesian_lora.runs import RunFolder
+
     run = RunFolder(Path(cfg.resume).expanduser().resolve())
     ckpt, saved = run.last_checkpoint, run.config_file
     if not saved.is_file() or (not ckpt.is_file() and run.has_samples):
-        raise FileNotFoundError(
-            f"resume={cfg.resume!r}: expected {saved} and {ckpt}; is this a run folder of a "
-            "sampler run that wrote a checkpoint?"
+        missing = [p for p in (saved, ckpt) if not p.is_file()]
+        found = (
+            "does not exist"
+            if not run.path.is_dir()
+            else "has no " + " and no ".join(str(p.relative_to(run.path)) for p in missing)
+        )
+        raise ResumeError(
+            f"resume={cfg.resume!r} is not allowed: the folder {found}; allowed: the folder of "
+            f"a run that saved its config ({saved.name}) and, once it kept samples, a "
+            f"checkpoint ({ckpt.relative_to(run.path)})"
+        )
+    keys = [(o, override_key(o)) for o in overrides]
+    other = [(o, k) for o, k in keys if k != "resume" and not k.startswith("hydra.")]
+    refused = [o for o, k in other if k not in RESUME_SAFE_OVERRIDES or o.startswith("~")]
+    if refused:
+        verb = "is" if len(refused) == 1 else "are"
+        raise ResumeError(
+            f"{', '.join(refused)} {verb} not allowed with resume={cfg.resume!r}: the run "
+            f"continues with its saved config ({saved}), so the override would be ignored; "
+            f"allowed with resume=: {', '.join(RESUME_SAFE_OVERRIDES)} (to change anything "
+            "else, start a new run, e.g. from this one's samples with sampler.warmup.from_run=)"
         )
     resumed = OmegaConf.load(saved)
     with open_dict(resumed):
         resumed.paths.output_dir = str(run.path)
         resumed.resume = str(run.path)
         resumed.break_lock = bool(cfg.get("break_lock", False))  # about this attempt, not the run
+        for override, key in other:
+            OmegaConf.update(resumed, key, OmegaConf.select(cfg, key), force_add=True)
+            log.info("resume: applied %s", override)
     if not ckpt.is_file():  # stopped before its first checkpoint: nothing to lose, start again
         log.warning("%s has no checkpoint (and no samples) yet: the chain starts again", run.path)
         return resumed, None
@@ -78,6 +127,9 @@ def is_map(cfg: DictConfig) -> bool:
 
 
 def build_datamodule(cfg: DictConfig) -> TextClassificationDataModule:
+    from bayesian_lora.data.datamodule import TextClassificationDataModule
+    from bayesian_lora.models.lora import ModelSettings, build_tokenizer
+
     settings = ModelSettings.from_config(cfg.model)
     d = cfg.data
     return TextClassificationDataModule(
@@ -101,6 +153,8 @@ def world_size(cfg: DictConfig) -> int:
     """Processes sharing one chain's global batch, as the trainer will resolve them:
     ``trainer.devices`` (an integer, a list, or auto / -1 = every GPU, or 1 on a CPU) times
     ``trainer.num_nodes``. ``train()`` checks it against the built trainer."""
+    import torch
+
     t = cfg.trainer
     devices = t.get("devices", 1)
     if isinstance(devices, (list, ListConfig)):
@@ -152,6 +206,15 @@ def sampler_algorithm(cfg: DictConfig) -> str:
 def build_module(
     cfg: DictConfig, datamodule: TextClassificationDataModule, plan: ChainPlan | None
 ) -> tuple[BayesianLoRAModule, dict[str, Any]]:
+    from bayesian_lora.models.lora import (
+        ModelSettings,
+        build_lora_model,
+        format_parameter_counts,
+        parameter_counts,
+    )
+    from bayesian_lora.models.module import AdamWSettings, BayesianLoRAModule
+    from bayesian_lora.samplers import SAMPLERS
+
     task = get_task(cfg.data.task)
     settings = ModelSettings.from_config(cfg.model)
     model = build_lora_model(settings, task.num_labels)
@@ -206,6 +269,8 @@ def build_module(
 
 def build_prior_for(cfg: DictConfig, model: Any) -> GaussianPrior:
     """The ``prior`` group (or the isotropic ``prior_std`` override) applied to this model."""
+    from bayesian_lora.models.prior import PriorSettings, build_prior
+
     prior_std = cfg.get("prior_std")
     settings = PriorSettings.from_config(
         cfg.get("prior"), None if prior_std is None else float(prior_std)
@@ -218,6 +283,9 @@ def build_prior_for(cfg: DictConfig, model: Any) -> GaussianPrior:
 def from_run_folder(cfg: DictConfig) -> RunFolder | None:
     """``sampler.warmup.from_run``, resolved and checked against this config (before any model
     is loaded): task, label count, model and LoRA config, prior and data split must agree."""
+    from bayesian_lora.runs import resolve_from_run
+    from bayesian_lora.runs.checks import check_from_run
+
     if is_map(cfg) or not cfg.sampler.warmup.get("from_run"):
         return None
     run = resolve_from_run(cfg.sampler.warmup.from_run, int(cfg.seed))
@@ -228,6 +296,7 @@ def from_run_folder(cfg: DictConfig) -> RunFolder | None:
 def init_from_run(module: BayesianLoRAModule, run: RunFolder) -> None:
     """Start the chain at the (last) sample of another run, typically a MAP run."""
     from bayesian_lora.evaluation.ensemble import swap_in
+    from bayesian_lora.runs import load_samples
 
     samples, manifest = load_samples(run.path)
     params = module.sampled_parameters()
@@ -256,6 +325,8 @@ def manifest_for(
     plan: ChainPlan | None,
     prior: GaussianPrior | None = None,
 ) -> Manifest:
+    from bayesian_lora.runs import Manifest
+
     c = _registry_names(OmegaConf.to_container(cfg, resolve=True))
     prior_std = cfg.get("prior_std")
     return Manifest(
@@ -275,6 +346,7 @@ def manifest_for(
 
 
 def library_versions() -> dict[str, str]:
+    import lightning as L
     import peft
     import torch
     import transformers
@@ -329,6 +401,12 @@ def build_trainer(
     manifest: Manifest,
     loggers: list[Any],
 ) -> tuple[L.Trainer, SampleCollector | None]:
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    from bayesian_lora.callbacks.chain_checkpoint import AtomicCheckpointIO, ChainCheckpoint
+    from bayesian_lora.callbacks.trace import TraceRecorder
+    from bayesian_lora.runs import RunFolder
+
     cb = cfg.callbacks
     run = RunFolder(run_dir)
     ckpt_dir = run.checkpoint_dir
@@ -378,6 +456,9 @@ def build_collector(
     cfg: DictConfig, run: RunFolder, plan: ChainPlan, manifest: Manifest
 ) -> SampleCollector:
     """What a chain keeps at its kept steps: the iterates, or SWAG's moments (``sampler.swag``)."""
+    from bayesian_lora.callbacks.sample_collector import SampleCollector
+    from bayesian_lora.methods.swag import SWAGCollector
+
     flush_every = int(cfg.callbacks.samples.flush_every)
     swag = cfg.sampler.get("swag")
     if swag is None:
@@ -395,6 +476,8 @@ def build_collector(
 
 def load_run_config(run_dir: str | Path) -> DictConfig:
     """The resolved config a run folder was trained with."""
+    from bayesian_lora.runs import RunFolder
+
     config = RunFolder(Path(run_dir)).config
     assert isinstance(config, DictConfig)
     return config

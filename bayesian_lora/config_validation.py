@@ -1,26 +1,36 @@
-"""Validate a composed run config before any model or data loads.
+"""Validate a composed run config before any model or data loads (and before torch is imported).
 
-Every rule is a row ``(key, (predicate, allowed-text))`` in one of the tables below: the common
-rules, the chain (SG-MCMC) or MAP sampler rules, the per-schedule parameters and the per-model-
-family LoRA names. The sampler hyperparameter rules are the samplers' own constructor checks
-(``_hyper_checks``), and the chain's step arithmetic is :meth:`ChainPlan.validate`, so the config
-and the objects built from it cannot disagree. Every bad value is reported at once in one
-``ConfigError`` whose lines read ``key=value is not allowed: <what is allowed>``.
+The schema is the tables below: every key a run reads is a row ``(key, (predicate, allowed
+text))`` of the common rules, the chain (SG-MCMC) or MAP sampler rules, the per-schedule
+parameters, the samplers' hyperparameters (``samplers.checks.HYPERPARAMETERS``, the samplers' own
+constructor checks) or the Lightning ``Trainer`` arguments; the subtrees that Hydra instantiates
+(``logger.*``) or hands to a model config (``model.tiny.*``) are free. A key in the composed
+config that no row names is an error naming the nearest valid key. The cross-field rules are
+``INERT_RULES`` (a key set on the command line that does nothing in this run) and the rows whose
+predicate depends on other keys; the chain's step arithmetic is :meth:`ChainPlan.validate`, so
+the config and the objects built from it cannot disagree. Every bad value is reported at once in
+one ``ConfigError`` whose lines read ``key=value is not allowed: <what is allowed>``.
+
+:func:`validate_model` is the second stage: it reads the model's config (no weights) for the
+rules that need it (``model.lora.r`` at most the layer width, a loadable ``model.name_or_path``).
 """
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
-from collections.abc import Callable, Sequence
+import glob
+import logging
+import re
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from bayesian_lora.data.tasks import TASKS
-from bayesian_lora.models.prior import GROUPS as PRIOR_GROUPS
-from bayesian_lora.samplers import SAMPLERS
-from bayesian_lora.samplers.base import _is_int, _is_real
+from bayesian_lora.errors import InputError
+from bayesian_lora.samplers.checks import HYPERPARAMETERS, _is_int, _is_real
 
 #: (predicate on the value, description of the allowed values)
 Check = tuple[Callable[[Any], bool], str]
@@ -28,8 +38,10 @@ Rule = tuple[str, Check]
 
 _MISSING = object()
 
+log = logging.getLogger(__name__)
 
-class ConfigError(ValueError):
+
+class ConfigError(InputError, ValueError):
     """One or more configuration values are out of their allowed range."""
 
 
@@ -76,6 +88,34 @@ def _is_folder(v: Any) -> bool:
     return isinstance(v, str) and Path(v).expanduser().is_dir()
 
 
+def cuda_devices() -> int:
+    """CUDA devices this machine exposes, without importing torch (the driver's device nodes)."""
+    return len(glob.glob("/dev/nvidia[0-9]*"))
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def _is_model_id(v: Any) -> bool:
+    """A Hub id (``org/name``) or a local folder holding a model's ``config.json``."""
+    if not isinstance(v, str) or not v.strip():
+        return False
+    path = Path(v).expanduser()
+    if v.startswith(("/", ".", "~")) or path.exists():
+        return (path / "config.json").is_file()
+    return bool(_HUB_ID.match(v)) and ".." not in v
+
+
+ANY: Check = (lambda v: True, "any value")
+TEXT = (lambda v: isinstance(v, str) and bool(v.strip()), "a non-empty string")
+TEXTS = (
+    lambda v: isinstance(v, (list, tuple)) and all(isinstance(t, str) for t in v),
+    "a list of strings",
+)
+MODEL_ID = (
+    _is_model_id,
+    "a Hub model id (org/name) or a local model folder holding config.json",
+)
 POSITIVE = _real(lambda v: v > 0, "a number > 0")
 NON_NEGATIVE = _real(lambda v: v >= 0, "a number >= 0")
 FRACTION = _real(lambda v: 0 <= v < 1, "a number in [0, 1)")
@@ -100,6 +140,8 @@ PRECISION = (
 
 # ---------------------------------------------------------------- tables
 COMMON_RULES: list[Rule] = [
+    ("task_name", TEXT),
+    ("tags", TEXTS),
     ("seed", _int(0, 2**32 - 1)),  # the range Lightning's seed_everything accepts
     ("prior_std", _note(_optional(POSITIVE), "isotropic prior std overriding prior=")),
     ("grad_clip", _optional(POSITIVE)),
@@ -109,6 +151,10 @@ COMMON_RULES: list[Rule] = [
     ("break_lock", FLAG),
     ("divergence_backoff", _optional(_note(OPEN_FRACTION, "the step-size factor per retry"))),
     ("divergence_retries", _int(0)),
+    ("model.name", TEXT),
+    ("model.kind", ANY),  # encoder | causal, and model.dtype: _check_task_type
+    ("model.dtype", ANY),
+    ("model.name_or_path", MODEL_ID),
     ("model.max_length", _int(8)),
     ("model.lora.r", _int(1)),
     ("model.lora.alpha", POSITIVE),
@@ -128,7 +174,23 @@ COMMON_RULES: list[Rule] = [
     ("trainer.precision", PRECISION),
     ("trainer.devices", DEVICES),
     ("trainer.accelerator", _one_of(["auto", "cpu", "gpu", "cuda", "mps"])),
+    (
+        "trainer.accelerator",
+        (
+            lambda v: v not in ("gpu", "cuda") or cuda_devices() > 0,
+            "cpu or auto: this machine has no CUDA device (no /dev/nvidia*); use trainer=cpu",
+        ),
+    ),
     ("trainer.log_every_n_steps", _int(1)),
+    (
+        "trainer.check_val_every_n_epoch",
+        _note(_optional(_int(1)), "validation every this many epochs"),
+    ),
+    ("trainer._target_", _one_of(["lightning.pytorch.Trainer", "lightning.Trainer"])),
+    ("paths.data_dir", _note(FOLDER, "the folder that holds the Hub-layout copies")),
+    ("paths.output_dir", ANY),  # ${hydra:runtime.output_dir}: set by Hydra
+    ("paths.cache_dir", (lambda v: v is None or TEXT[0](v), "null or a folder path")),
+    ("callbacks.early_stopping.monitor", TEXT),
     ("callbacks.early_stopping.patience", _int(0)),
     ("callbacks.early_stopping.mode", _one_of(["min", "max"])),
     ("callbacks.checkpoint.every_n_train_steps", _int(1)),
@@ -140,6 +202,8 @@ COMMON_RULES: list[Rule] = [
 
 LORA_KEYS = ("r", "alpha", "dropout", "target_modules", "modules_to_save")
 
+#: models.prior.GROUPS (that module imports torch; a test keeps the two equal)
+PRIOR_GROUPS = ("lora_A", "lora_B", "head")
 PRIOR_KEYS = ("name", "dW_fraction", "lora_A", "lora_B", "head", "modules", "sampled")
 PRIOR_RULES: list[Rule] = [
     ("prior.dW_fraction", _note(_optional(POSITIVE), "Var(dW_ij) / Var(W_ij) per layer")),
@@ -161,6 +225,35 @@ PRIOR_RULES: list[Rule] = [
         ),
     ),
 ]
+
+#: Lightning ``Trainer`` arguments a config may set (Lightning checks their values; the test
+#: suite compares this list with ``inspect.signature(Trainer)``).
+TRAINER_KEYS = (
+    "accelerator", "strategy", "devices", "num_nodes", "precision", "fast_dev_run",
+    "max_epochs", "min_epochs", "max_steps", "min_steps", "max_time", "limit_train_batches",
+    "limit_val_batches", "limit_test_batches", "limit_predict_batches", "overfit_batches",
+    "val_check_interval", "check_val_every_n_epoch", "num_sanity_val_steps",
+    "log_every_n_steps", "enable_checkpointing", "enable_progress_bar", "enable_model_summary",
+    "deterministic", "benchmark", "inference_mode", "use_distributed_sampler", "profiler",
+    "detect_anomaly", "barebones", "plugins", "sync_batchnorm",
+    "reload_dataloaders_every_n_epochs", "default_root_dir", "enable_autolog_hparams",
+    "model_registry",
+)  # fmt: skip
+
+#: Keys that look right but are set elsewhere: key -> what to use instead.
+NOT_HERE = {
+    "trainer.logger": "loggers are the logger group: logger=csv|tensorboard|wandb|many|none",
+    "trainer.callbacks": "train builds the callbacks from callbacks.*",
+    "trainer.gradient_clip_val": "the module steps its optimizer itself: use grad_clip",
+    "trainer.gradient_clip_algorithm": "the module steps its optimizer itself: use grad_clip",
+    "trainer.accumulate_grad_batches": (
+        "the module steps its optimizer itself (no accumulation): raise data.batch_size"
+    ),
+}
+
+#: Subtrees whose keys are another object's arguments: loggers (Hydra instantiates them) and the
+#: tiny model's BERT config.
+FREE_SUBTREES = ("logger", "model.tiny", "hydra")
 
 CHAIN_RULES: list[Rule] = [
     ("sampler.lr", _note(POSITIVE, "step size eta")),
@@ -262,26 +355,39 @@ def _show(value: Any) -> str:
 def _apply(cfg: DictConfig, rules: Sequence[Rule], errors: list[str]) -> None:
     """Append one line per failed rule; a key that already failed is not checked again."""
     for key, (ok, allowed) in rules:
-        if any(e.startswith(f"{key}=") for e in errors):
-            continue
+        if ok is ANY[0] or any(e.startswith(f"{key}=") for e in errors):
+            continue  # ANY: not even resolved (paths.output_dir is Hydra's)
         value = _get(cfg, key)
         if not ok(None if value is _MISSING else value):
             errors.append(f"{key}={_show(value)} is not allowed: {allowed}")
 
 
-def validate_config(cfg: DictConfig) -> None:
-    """Raise ``ConfigError`` listing every bad value; returns None for a valid config."""
+def validate_config(
+    cfg: DictConfig, overrides: Sequence[str] = (), sweep: bool | None = None
+) -> None:
+    """Raise ``ConfigError`` listing every bad value; returns None for a valid config.
+
+    ``overrides``: the command line's (Hydra's task overrides), for ``INERT_RULES``: a key set
+    there that does nothing in this run is refused (only logged in a sweep, ``sweep=True``,
+    where one override serves several runs; None = ask Hydra).
+    """
     errors: list[str] = []
     _check_model_family(cfg, errors)  # first: its limits are the more specific ones
+    _check_unknown_keys(cfg, errors)
     _apply(cfg, COMMON_RULES, errors)
     _check_task_type(cfg, errors)
-    _check_unknown(cfg, "model.lora", LORA_KEYS, "model.lora", errors)
+    _apply(cfg, _tiny_rules(cfg), errors)
     _check_prior(cfg, errors)
     if _get(cfg, "sampler.name") == "map":
         _apply(cfg, MAP_RULES, errors)
         _check_unknown(cfg, "sampler.hparams", (), "sampler map's hparams", errors)
     else:
         _check_chain(cfg, errors)
+    _check_inert(cfg, overrides, errors, _in_sweep() if sweep is None else sweep)
+    raise_errors(errors)
+
+
+def raise_errors(errors: Sequence[str]) -> None:
     if errors:
         head = "" if len(errors) == 1 else f"{len(errors)} config errors:\n  "
         raise ConfigError(head + "\n  ".join(errors))
@@ -307,6 +413,216 @@ def _check_prior(cfg: DictConfig, errors: list[str]) -> None:
         )
 
 
+def _in_sweep() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+# ---------------------------------------------------------------- unknown keys
+def _leaves(node: Any, prefix: str = "") -> Iterator[str]:
+    """Dotted paths of the leaves (lists and empty mappings count as leaves)."""
+    if isinstance(node, dict) and node:
+        for key, value in node.items():
+            yield from _leaves(value, f"{prefix}{key}.")
+    else:
+        yield prefix[:-1]
+
+
+def schema_keys(cfg: DictConfig) -> set[str]:
+    """Every key this config's run reads (the rows of the tables that apply to it)."""
+    keys = {k for k, _ in COMMON_RULES}
+    keys |= {f"model.lora.{k}" for k in LORA_KEYS} | {f"trainer.{k}" for k in TRAINER_KEYS}
+    keys |= {"sampler.name", "sampler.hparams", "sampler.swag", "prior"}
+    name, algorithm = _get(cfg, "sampler.name"), _get(cfg, "sampler.algorithm")
+    if name == "map" or (algorithm in (None, _MISSING) and name not in HYPERPARAMETERS):
+        keys |= {k for k, _ in MAP_RULES}  # MAP, or an unknown sampler name (refused itself)
+    # MAP keeps the chain keys that shared configs (debug=smoke, experiments) give every
+    # sampler; INERT_RULES refuse them when the command line sets them.
+    keys |= {k for k, _ in CHAIN_RULES} | {
+        "sampler.algorithm",
+        "sampler.schedule",
+        "trainer.max_steps",
+    }
+    return keys
+
+
+def _all_hparams() -> dict[str, list[str]]:
+    """``sampler.hparams.<name>`` -> the algorithms that take it (for "did you mean")."""
+    out: dict[str, list[str]] = {}
+    for algorithm, checks in HYPERPARAMETERS.items():
+        for name in checks:
+            out.setdefault(f"sampler.hparams.{name}", []).append(algorithm)
+    return out
+
+
+def nearest_key(key: str, candidates: Sequence[str]) -> str | None:
+    """The candidate closest to ``key`` (whole dotted path, else its last part), if close."""
+    found = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+    if found:
+        return found[0]
+    last = key.rsplit(".", 1)[-1]
+    by_last = {c.rsplit(".", 1)[-1]: c for c in sorted(candidates, key=len, reverse=True)}
+    found = difflib.get_close_matches(last, list(by_last), n=1, cutoff=0.75)
+    return by_last[found[0]] if found else None
+
+
+def _check_unknown_keys(cfg: DictConfig, errors: list[str]) -> None:
+    """Every leaf of the composed config must be a key of the schema (``schema_keys``)."""
+    known = schema_keys(cfg)
+    hparams = _all_hparams()
+    container = OmegaConf.to_container(cfg, resolve=False)
+    for key in _leaves(container):
+        if key in known or any(key == f or key.startswith(f"{f}.") for f in FREE_SUBTREES):
+            continue
+        if key.startswith(("sampler.hparams.", "sampler.schedule.", "sampler.swag.", "prior.")):
+            continue  # checked per algorithm, per schedule, for SWAG and the prior group
+        if any(k.startswith(f"{key}.") for k in known) and _get(cfg, key) in ({}, None):
+            continue  # an empty node of the schema
+        value = _show(OmegaConf.select(cfg, key, default=_MISSING))
+        if key in NOT_HERE:
+            errors.append(f"{key}={value} is not allowed: {NOT_HERE[key]}")
+            continue
+        candidates = sorted(known | set(hparams))
+        near = nearest_key(key, candidates)
+        hint = f"; did you mean {near}" if near else ""
+        if near in hparams and near not in known:
+            hint += f" (a hyperparameter of sampler {', '.join(hparams[near])})"
+        parent = key.rsplit(".", 1)[0] if "." in key else ""
+        siblings = sorted(
+            k[len(parent) + 1 :] if parent else k
+            for k in known
+            if (k.startswith(f"{parent}.") if parent else True)
+        )
+        siblings = sorted({k.split(".", 1)[0] for k in siblings})
+        where = f"keys of {parent}" if parent else "top-level keys"
+        errors.append(
+            f"{key}={value} is not allowed: unknown key, nothing reads it{hint}? "
+            f"{where}: {', '.join(siblings)}"
+        )
+
+
+# ---------------------------------------------------------------- keys that do nothing
+def _is_chain(cfg: DictConfig) -> bool:
+    return _get(cfg, "sampler.name") != "map"
+
+
+def _task_kind(cfg: DictConfig) -> str | None:
+    task = TASKS.get(str(_get(cfg, "data.task")))
+    if task is None:
+        return None
+    return "regression" if task.is_regression else "classification"
+
+
+def _obs_std_inert(cfg: DictConfig) -> str | None:
+    if _task_kind(cfg) != "classification":
+        return None
+    regression = ", ".join(sorted(n for n, t in TASKS.items() if t.is_regression))
+    return (
+        f"data.task={_get(cfg, 'data.task')} is a classification task; obs_std is the "
+        f"observation noise of a regression task ({regression})"
+    )
+
+
+def _map_inert(cfg: DictConfig) -> str | None:
+    if _is_chain(cfg):
+        return None
+    chains = ", ".join(sorted(HYPERPARAMETERS))
+    return (
+        "sampler=map trains with AdamW and keeps one sample (its best validation checkpoint); "
+        f"chain keys need a chain sampler ({chains}, or csgld, csghmc)"
+    )
+
+
+def _chain_inert(what: str) -> Callable[[DictConfig], str | None]:
+    return lambda cfg: what if _is_chain(cfg) else None
+
+
+def _warmup_steps_inert(cfg: DictConfig) -> str | None:
+    if _is_chain(cfg) and _get(cfg, "sampler.warmup.epochs") not in (None, _MISSING):
+        return "sampler.warmup.epochs is set and replaces it: set one of the two"
+    return _from_run_inert(cfg)
+
+
+def _from_run_inert(cfg: DictConfig) -> str | None:
+    if _is_chain(cfg) and _get(cfg, "sampler.warmup.from_run") not in (None, _MISSING):
+        return (
+            "sampler.warmup.from_run is set: the chain starts at that run's sample, without an "
+            "AdamW warm start"
+        )
+    return None
+
+
+_CHAIN_LENGTH = (
+    "a chain runs sampler.warmup + burn_in + thin x num_samples steps and stops by itself; "
+    "limit it with sampler.max_steps"
+)
+_EARLY_STOP = "early stopping and its monitor are for sampler=map; a chain keeps all its samples"
+_CHAIN_ONLY = [k for k, _ in CHAIN_RULES] + ["sampler.algorithm", "sampler.hparams"]
+
+#: (key, rule): when ``rule(cfg)`` gives a reason, the key does nothing in this run, and setting
+#: it on the command line is refused with that reason (keys that shared config files set for
+#: every sampler, such as debug=smoke's chain sizes, are not).
+INERT_RULES: list[tuple[str, Callable[[DictConfig], str | None]]] = [
+    ("data.obs_std", _obs_std_inert),
+    ("sampler.warmup.steps", _warmup_steps_inert),
+    ("sampler.warmup.epochs", _from_run_inert),
+    ("sampler.warmup.lr", _from_run_inert),
+    *[(key, _map_inert) for key in _CHAIN_ONLY if key != "sampler.warmup.from_run"],
+    ("sampler.warmup.from_run", _map_inert),
+    ("sampler.schedule", _map_inert),
+    ("callbacks.checkpoint.every_n_train_steps", _map_inert),
+    ("callbacks.samples.flush_every", _map_inert),
+    ("trainer.max_epochs", _chain_inert(_CHAIN_LENGTH)),
+    ("trainer.min_epochs", _chain_inert(_CHAIN_LENGTH)),
+    ("trainer.max_steps", _chain_inert(_CHAIN_LENGTH)),
+    ("callbacks.early_stopping", _chain_inert(_EARLY_STOP)),
+]
+
+#: keys whose presence anywhere (not only on the command line) is refused by an INERT_RULES row
+ALWAYS_INERT = ("trainer.max_steps",)
+
+_GROUPS = frozenset(p.name for p in (Path(__file__).parent / "conf").iterdir() if p.is_dir())
+
+
+def override_key(override: str) -> str:
+    """``+sampler.lr=0.5`` -> ``sampler.lr``; ``~a.b`` -> ``a.b``; ``sampler=sgld`` -> ``sampler``."""
+    return override.split("=", 1)[0].lstrip("+~").split("@", 1)[0]
+
+
+def _set_on_command_line(key: str, overrides: Sequence[str]) -> str | None:
+    for override in overrides:
+        k = override_key(override)
+        if k in _GROUPS and "." not in k:
+            continue  # a group selection (sampler=sgld) sets no single key
+        if k == key or k.startswith(f"{key}.") or key.startswith(f"{k}."):
+            return override
+    return None
+
+
+def _check_inert(cfg: DictConfig, overrides: Sequence[str], errors: list[str], sweep: bool) -> None:
+    for key, rule in INERT_RULES:
+        value = _get(cfg, key)
+        if value is _MISSING or any(e.startswith((f"{key}=", f"{key}.")) for e in errors):
+            continue
+        given = _set_on_command_line(key, overrides)
+        if given is None and not (key in ALWAYS_INERT and value is not None):
+            continue
+        reason = rule(cfg)
+        if reason is None:
+            continue
+        shown = key
+        if given is not None and override_key(given).startswith(f"{key}."):
+            shown = override_key(given)  # name the key the command line set
+            value = _get(cfg, shown)
+        line = f"{shown}={_show(value)} is not allowed: it does nothing here: {reason}"
+        if sweep and given is not None:
+            log.warning("%s (ignored in this job of the sweep)", line)
+        else:
+            errors.append(line)
+
+
 def _check_unknown(
     cfg: DictConfig, key: str, accepted: Sequence[str], what: str, errors: list[str]
 ) -> list[str]:
@@ -319,6 +635,16 @@ def _check_unknown(
             f"{key}.{name}={node[name]!r} is not allowed: unknown key; keys of {what}: {listed}"
         )
     return [name for name in accepted if name in node]
+
+
+def _tiny_rules(cfg: DictConfig) -> list[Rule]:
+    """The tiny model's config is in ``model.tiny``: its layer width bounds the LoRA rank."""
+    if _get(cfg, "model.name_or_path") != "tiny-bert":
+        return []
+    tiny = _get(cfg, "model.tiny")
+    tiny = tiny if isinstance(tiny, dict) else {}
+    width = min(int(tiny.get("hidden_size", 32)), int(tiny.get("intermediate_size", 64)))
+    return [("model.lora.r", _note(_int(1, width), f"the width of tiny-bert's layers is {width}"))]
 
 
 def _family(name_or_path: Any) -> tuple[str, Family] | None:
@@ -400,7 +726,7 @@ def _check_task_type(cfg: DictConfig, errors: list[str]) -> None:
 
 def _check_chain(cfg: DictConfig, errors: list[str]) -> None:
     """SG-MCMC sampler: algorithm, hparams, schedule, chain lengths and the step arithmetic."""
-    samplers = sorted(SAMPLERS)
+    samplers = sorted(HYPERPARAMETERS)
     algorithm = _get(cfg, "sampler.algorithm")
     if algorithm in (_MISSING, None):
         algorithm = _get(cfg, "sampler.name")
@@ -408,12 +734,12 @@ def _check_chain(cfg: DictConfig, errors: list[str]) -> None:
         name_rule: Rule = ("sampler.name", rule)
     else:
         name_rule = ("sampler.algorithm", _one_of(samplers))
-    if not (isinstance(algorithm, str) and algorithm in SAMPLERS):
+    if not (isinstance(algorithm, str) and algorithm in HYPERPARAMETERS):
         _apply(cfg, [name_rule], errors)  # the other sampler keys depend on the algorithm
         return
     before = len(errors)
     _apply(cfg, CHAIN_RULES, errors)
-    checks = SAMPLERS[algorithm]._hyper_checks
+    checks = HYPERPARAMETERS[algorithm]
     what = f"sampler {algorithm}'s hparams"
     present = _check_unknown(cfg, "sampler.hparams", sorted(checks), what, errors)
     _apply(cfg, [(f"sampler.hparams.{k}", checks[k]) for k in present], errors)
@@ -456,10 +782,122 @@ def _check_schedule(cfg: DictConfig, errors: list[str]) -> None:
 
 def _check_steps(cfg: DictConfig, errors: list[str]) -> None:
     """The chain plan the run would use (``config.build_chain_plan``) must fit ``max_steps``."""
-    from bayesian_lora.config import build_chain_plan  # heavy imports; config imports us
+    from bayesian_lora.config import build_chain_plan
 
     try:
         build_chain_plan(cfg)
     except ValueError as err:
         value = _show(_get(cfg, "sampler.max_steps"))
         errors.append(f"sampler.max_steps={value} is not allowed: {err}")
+
+
+# ---------------------------------------------------------------- second stage: the model config
+def model_width(config: Any) -> int | None:
+    """The smallest width of a transformer config's adapted layers (its hidden size)."""
+    sizes = [
+        getattr(config, name)
+        for name in ("hidden_size", "dim", "n_embd", "d_model", "intermediate_size", "hidden_dim")
+        if _is_int(getattr(config, name, None))
+    ]
+    return min(sizes) if sizes else None
+
+
+def validate_model(cfg: DictConfig) -> None:
+    """Rules that need the model's own config (read with ``AutoConfig``; no weights load).
+
+    ``model.name_or_path`` must be loadable here (a local folder, the Hub, or its cache), and
+    ``model.lora.r`` at most the width of the adapted layers. Encoders only: the tiny models'
+    configs are ``model.tiny`` (tiny-bert's checked by :func:`validate_config`), and causal LMs
+    are read by ``models.causal`` (a packaged GGUF offline).
+    """
+    name = _get(cfg, "model.name_or_path")
+    if name in ("tiny-bert", "tiny-causal") or _get(cfg, "model.kind") == "causal":
+        return  # the tiny models' configs are model.tiny; causal LMs load their own way
+    from transformers import AutoConfig
+
+    from bayesian_lora.models.lora import resolve_model_path
+
+    try:
+        config = AutoConfig.from_pretrained(resolve_model_path(str(name)))
+    except (OSError, ValueError, RuntimeError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(
+            f"model.name_or_path={name!r} is not allowed: it cannot be loaded here ({reason}); "
+            f"{MODEL_ID[1]}, available locally or from the Hub"
+        ) from err
+    errors: list[str] = []
+    width = model_width(config)
+    if width is not None:
+        rule = _note(_int(1, width), f"the width of {name}'s layers is {width}")
+        _apply(cfg, [("model.lora.r", rule)], errors)
+    positions = getattr(config, "max_position_embeddings", None)
+    if _is_int(positions):
+        rule = _note(_int(8, positions), f"{name} has {positions} positions")
+        _apply(cfg, [("model.max_length", rule)], errors)
+    raise_errors(errors)
+
+
+# ---------------------------------------------------------------- evaluate's options
+_OPTIONAL_TEXT = (lambda v: v is None or TEXT[0](v), "null or a non-empty string")
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+#: ``conf/evaluate.yaml``: k, mc_dropout, split, ood and calibrate are checked by
+#: ``evaluate.check_options`` (their allowed values depend on the registries).
+EVALUATE_RULES: list[Rule] = [
+    ("task_name", TEXT),
+    ("run_dir", _OPTIONAL_TEXT),
+    ("run_dirs", TEXTS),
+    ("model", ANY),  # a model config, compared with the runs' manifests
+    ("weights", _OPTIONAL_TEXT),
+    ("k", ANY),
+    ("split", ANY),
+    ("mc_dropout", ANY),
+    ("calibrate", ANY),
+    ("ood", ANY),
+    ("shift", ANY),  # task names: evaluate.check_options
+    ("single", FLAG),
+    ("plots", FLAG),
+    ("ood_max_samples", _optional(_int(1))),
+    ("eval_batch_size", _optional(_int(1))),
+    (
+        "device",
+        (
+            lambda v: isinstance(v, str) and bool(_DEVICE.fullmatch(v)),
+            "auto, cpu, mps, cuda or cuda:<index>",
+        ),
+    ),
+    ("seed", _int(0, 2**32 - 1)),
+    ("out_dir", _OPTIONAL_TEXT),
+    ("diagnostics.probes", _int(0)),
+    ("diagnostics.rhat_threshold", _real(lambda v: v > 1, "a number > 1")),
+    ("diagnostics.ess_threshold", POSITIVE),
+    ("diagnostics.stationarity_z", POSITIVE),
+    ("paths.data_dir", FOLDER),
+    ("paths.cache_dir", _OPTIONAL_TEXT),
+    ("wandb.enabled", FLAG),
+    ("wandb.project", TEXT),
+    ("wandb.entity", _OPTIONAL_TEXT),
+    ("wandb.mode", _optional(_one_of(["online", "offline", "disabled"]))),
+    ("wandb.group", _OPTIONAL_TEXT),
+    ("wandb.tags", TEXTS),
+]
+
+
+def validate_evaluate_config(cfg: DictConfig) -> None:
+    """``python -m bayesian_lora.evaluate``'s options: unknown keys and the rows above."""
+    errors: list[str] = []
+    known = {k for k, _ in EVALUATE_RULES}
+    container = OmegaConf.to_container(cfg, resolve=False)
+    for key in _leaves(container):
+        top = key.split(".", 1)[0]
+        if key in known or top in ("model", "hydra") or (key in ("diagnostics", "paths", "wandb")):
+            continue
+        value = _show(OmegaConf.select(cfg, key, default=_MISSING))
+        near = nearest_key(key, sorted(known))
+        hint = f"; did you mean {near}" if near else ""
+        errors.append(
+            f"{key}={value} is not allowed: unknown key, nothing reads it{hint}? evaluate's "
+            f"keys: {', '.join(sorted({k.split('.', 1)[0] for k in known}))}"
+        )
+    _apply(cfg, EVALUATE_RULES, errors)
+    raise_errors(errors)

@@ -27,44 +27,34 @@ import glob
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from bayesian_lora.config import CONFIG_DIR
-from bayesian_lora.config_validation import ConfigError
+from bayesian_lora.config_validation import ConfigError, validate_evaluate_config
 from bayesian_lora.data.tasks import TaskSpec, get_task
-from bayesian_lora.evaluation.chains import (
-    NUM_PROBES,
-    chain_summaries,
-    diagnose_chains,
-    diagnostics_verdict,
-    public,
-)
-from bayesian_lora.evaluation.diagnostics import ESS_THRESHOLD, GEWEKE_Z, RHAT_THRESHOLD
-from bayesian_lora.evaluation.members import are_chains, gather_samples, select_members
-from bayesian_lora.evaluation.predict import eval_run_config, predict, shift_tasks
-from bayesian_lora.evaluation.results import (
-    calibrated_result,
-    describe,
-    evaluate_predictions,
-    lora_parameter_stats,
-    ood_metrics,
-    shift_metrics,
-)
-from bayesian_lora.evaluation.write import (
-    default_out_dir,
-    format_result,
-    write_outputs,
-    write_step_trace_diagnostics,
-)
-from bayesian_lora.methods import get_calibrator
-from bayesian_lora.methods.temperature import calibrate_predictive
-from bayesian_lora.models.module import BayesianLoRAModule
-from bayesian_lora.runs import RunFolder, open_run
-from bayesian_lora.runs.checks import ManifestMismatchError, check_data, model_identity
-from bayesian_lora.runs.checks import differences as _differences
+from bayesian_lora.entry import run_or_refuse
+from bayesian_lora.errors import MissingInputError
+
+# torch and the model, data, run-folder and evaluation modules are imported by the functions that
+# use them, so that bad options are refused before they load.
+if TYPE_CHECKING:
+    from bayesian_lora.models.module import BayesianLoRAModule
+    from bayesian_lora.runs import RunFolder
+
+_LAZY = {"ManifestMismatchError": "bayesian_lora.runs.checks", "open_run": "bayesian_lora.runs"}
+
+
+def __getattr__(name: str) -> Any:
+    """``ManifestMismatchError`` and ``open_run``, re-exported without importing torch early."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 log = logging.getLogger("bayesian_lora.evaluate")
 
@@ -77,6 +67,8 @@ SPLITS = ("test", "validation")  # validation = the part of train held out for m
 def run_paths(cfg: DictConfig) -> list[Path]:
     """``run_dir`` then ``run_dirs``, resolved and de-duplicated; a glob pattern expands (sorted)
     to the run folders it matches, so ``run_dirs=[<sweep>/*_map_*]`` skips other files."""
+    from bayesian_lora.runs import RunFolder
+
     entries = ([str(cfg.run_dir)] if cfg.get("run_dir") else []) + [
         str(e) for e in cfg.get("run_dirs") or []
     ]
@@ -88,7 +80,7 @@ def run_paths(cfg: DictConfig) -> list[Path]:
         if any(c in entry for c in "*?["):
             matches = [m for m in sorted(glob.glob(entry)) if RunFolder(Path(m)).is_run_folder]
             if not matches:
-                raise FileNotFoundError(f"run_dirs pattern {entry!r} matches no run folder")
+                raise MissingInputError(f"run_dirs pattern {entry!r} matches no run folder")
             paths += [Path(m) for m in matches]
         else:
             paths.append(Path(entry))
@@ -109,6 +101,9 @@ def _parameter_differences(expected: Mapping[str, Any], actual: Mapping[str, Any
 
 def check_consistent(runs: Sequence[RunFolder]) -> None:
     """All run folders must share model id, LoRA config, task and parameter layout."""
+    from bayesian_lora.runs.checks import ManifestMismatchError, model_identity
+    from bayesian_lora.runs.checks import differences as _differences
+
     ref = runs[0]
     for run in runs[1:]:
         diffs = _differences(
@@ -125,6 +120,9 @@ def check_consistent(runs: Sequence[RunFolder]) -> None:
 
 def check_requested_model(model_cfg: Any, run: RunFolder, source: str) -> None:
     """The model config evaluate builds from must describe the model the samples were drawn for."""
+    from bayesian_lora.runs.checks import ManifestMismatchError, model_identity
+    from bayesian_lora.runs.checks import differences as _differences
+
     asked = model_identity(OmegaConf.to_container(model_cfg, resolve=True))
     diffs = _differences(asked, model_identity(run.manifest["model"]))
     if diffs:
@@ -136,6 +134,8 @@ def check_requested_model(model_cfg: Any, run: RunFolder, source: str) -> None:
 
 def check_parameters(module: BayesianLoRAModule, run: RunFolder) -> None:
     """The built model's sampled parameters must be exactly those in the manifest."""
+    from bayesian_lora.runs.checks import ManifestMismatchError
+
     actual = {n: list(p.shape) for n, p in module.sampled_parameters().items()}
     diffs = _parameter_differences(run.manifest["parameters"], actual)
     if diffs:
@@ -146,6 +146,10 @@ def check_parameters(module: BayesianLoRAModule, run: RunFolder) -> None:
 
 
 def check_options(cfg: DictConfig) -> None:
+    validate_evaluate_config(cfg)  # unknown keys, and the options without a registry
+    from bayesian_lora.evaluation.predict import shift_tasks  # torch: after the light checks
+    from bayesian_lora.methods import get_calibrator
+
     k, K = cfg.get("k"), cfg.get("mc_dropout") or 0
     if k is not None and not (isinstance(k, int) and k >= 1):
         raise ConfigError(f"k={k!r} is not allowed: an integer >= 1, or null for all samples")
@@ -174,6 +178,30 @@ def eval_split(cfg: DictConfig) -> str:
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.run_dir`` / ``cfg.run_dirs`` as one ensemble; returns the metrics dict."""
+    from bayesian_lora.evaluation.chains import (
+        chain_summaries,
+        diagnose_chains,
+        diagnostics_verdict,
+        public,
+    )
+    from bayesian_lora.evaluation.members import are_chains, gather_samples, select_members
+    from bayesian_lora.evaluation.predict import predict
+    from bayesian_lora.evaluation.results import (
+        calibrated_result,
+        describe,
+        evaluate_predictions,
+        lora_parameter_stats,
+        ood_metrics,
+        shift_metrics,
+    )
+    from bayesian_lora.evaluation.write import (
+        default_out_dir,
+        format_result,
+        write_outputs,
+        write_step_trace_diagnostics,
+    )
+    from bayesian_lora.methods.temperature import calibrate_predictive
+
     runs, run_cfg, task = prepare(cfg)
     k, K = cfg.get("k"), int(cfg.get("mc_dropout") or 0)
     split = eval_split(cfg)
@@ -220,6 +248,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 def prepare(cfg: DictConfig) -> tuple[list[RunFolder], DictConfig, TaskSpec]:
     """Open and cross-check the run folders before any model or data is loaded."""
+    from bayesian_lora.evaluation.predict import eval_run_config, shift_tasks
+    from bayesian_lora.runs import open_run
+    from bayesian_lora.runs.checks import check_data
+
     check_options(cfg)
     runs = [open_run(p) for p in run_paths(cfg)]
     check_consistent(runs)
@@ -254,10 +286,14 @@ def prepare(cfg: DictConfig) -> tuple[list[RunFolder], DictConfig, TaskSpec]:
 
 
 def _probes(cfg: DictConfig) -> int:
+    from bayesian_lora.evaluation.chains import NUM_PROBES
+
     return int(OmegaConf.select(cfg, "diagnostics.probes", default=NUM_PROBES))
 
 
 def _thresholds(cfg: DictConfig) -> tuple[float, float, float]:
+    from bayesian_lora.evaluation.diagnostics import ESS_THRESHOLD, GEWEKE_Z, RHAT_THRESHOLD
+
     rhat = OmegaConf.select(cfg, "diagnostics.rhat_threshold", default=RHAT_THRESHOLD)
     ess = OmegaConf.select(cfg, "diagnostics.ess_threshold", default=ESS_THRESHOLD)
     z = OmegaConf.select(cfg, "diagnostics.stationarity_z", default=GEWEKE_Z)
@@ -266,7 +302,7 @@ def _thresholds(cfg: DictConfig) -> tuple[float, float, float]:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    evaluate(cfg)
+    run_or_refuse(lambda c, _overrides: evaluate(c), cfg)
 
 
 if __name__ == "__main__":

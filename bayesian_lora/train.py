@@ -7,18 +7,14 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
-import lightning as L
-from lightning.fabric.utilities.rank_zero import rank_zero_only
-from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from bayesian_lora.callbacks.chain_checkpoint import PREEMPTED_EXIT_CODE
 from bayesian_lora.config import (
     CONFIG_DIR,
     build_chain_plan,
@@ -33,10 +29,16 @@ from bayesian_lora.config import (
     steps_per_epoch,
     world_size,
 )
-from bayesian_lora.config_validation import validate_config
-from bayesian_lora.evaluation.predict import evaluate_module_on_test
-from bayesian_lora.runs import Manifest, RunFolder
-from bayesian_lora.runs.layout import remove_stale_temporaries
+from bayesian_lora.config_validation import validate_config, validate_model
+from bayesian_lora.data.checks import check_local_copy
+from bayesian_lora.entry import run_or_refuse
+from bayesian_lora.errors import InputError
+
+# torch, Lightning, transformers, peft and datasets are imported only once the config is valid.
+if TYPE_CHECKING:
+    import lightning as L
+
+    from bayesian_lora.runs import Manifest, RunFolder
 
 log = logging.getLogger("bayesian_lora.train")
 
@@ -44,10 +46,26 @@ log = logging.getLogger("bayesian_lora.train")
 warnings.filterwarnings("ignore", message=".*no pre-optimization state was saved.*")
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Run one chain end to end; returns the test metrics (empty if not evaluated)."""
-    cfg, ckpt_path = resolve_resume(cfg)
-    validate_config(cfg)
+class RunFolderInUseError(InputError, FileExistsError):
+    """The output folder already holds a run."""
+
+
+def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Run one chain end to end; returns the test metrics (empty if not evaluated).
+
+    ``overrides`` are the command line's (Hydra's task overrides): ``resume=`` and the rules
+    about keys that do nothing in this run read them. Bad input raises before the run folder
+    is written, and a bad config before torch is imported.
+    """
+    cfg, ckpt_path = resolve_resume(cfg, overrides)
+    validate_config(cfg, () if ckpt_path else overrides)
+    validate_model(cfg)  # reads the model's config (transformers), not its weights
+    check_local_copy(cfg)  # the data files' columns, sizes and labels (Parquet footers)
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    from bayesian_lora.runs import RunFolder
+    from bayesian_lora.runs.layout import remove_stale_temporaries
+
     from_run_folder(cfg)  # a warm start that does not fit is refused before anything loads
     run = RunFolder(Path(cfg.paths.output_dir))
     writer = getattr(rank_zero_only, "rank", 0) == 0  # under DDP, rank zero owns the folder
@@ -61,13 +79,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _train(cfg: DictConfig, run: RunFolder, ckpt_path: str | None) -> dict[str, Any]:
+    import lightning as L
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from bayesian_lora.callbacks.chain_checkpoint import PREEMPTED_EXIT_CODE
+
     run_dir = run.path
     print_config(cfg)
-    OmegaConf.save(cfg, run.config_file, resolve=True)
     L.seed_everything(int(cfg.seed), workers=True)
-
     datamodule = build_datamodule(cfg)
-    datamodule.setup("fit")
+    datamodule.setup("fit")  # the data checks, before the config is written
+    OmegaConf.save(cfg, run.config_file, resolve=True)
     plan = build_chain_plan(cfg, steps_per_epoch(cfg, int(datamodule.num_train_examples or 0)))
     module, counts = build_module(cfg, datamodule, plan)
     manifest = manifest_for(cfg, datamodule, plan, module.prior)
@@ -107,8 +129,17 @@ def _train(cfg: DictConfig, run: RunFolder, ckpt_path: str | None) -> dict[str, 
     return metrics
 
 
+def evaluate_module_on_test(module: Any, datamodule: Any, run_dir: Path) -> dict[str, Any]:
+    """Test metrics of the kept samples (``evaluation.predict``, imported when needed)."""
+    from bayesian_lora.evaluation import predict
+
+    return predict.evaluate_module_on_test(module, datamodule, run_dir)
+
+
 def close_loggers(loggers: list[Any]) -> None:
     """Flush every logger; W&B runs are finished so that the next job of a sweep gets its own."""
+    from lightning.pytorch.loggers import WandbLogger
+
     for logger in loggers:
         logger.finalize("success")
         if isinstance(logger, WandbLogger) and logger._experiment is not None:
@@ -119,7 +150,7 @@ def refuse_to_overwrite(run: RunFolder) -> None:
     """A rerun into a folder that already holds a chain would overwrite its samples."""
     existing = [p for p in (run.samples_file, run.last_checkpoint) if p.exists()]
     if existing:
-        raise FileExistsError(
+        raise RunFolderInUseError(
             f"{run.path} already holds a run ({', '.join(p.name for p in existing)}): continue "
             f"it with resume={run.path}, or choose another output folder"
         )
@@ -144,7 +175,7 @@ def _write_map_sample(trainer: L.Trainer, module: Any, run: RunFolder, manifest:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def main(cfg: DictConfig) -> None:
-    train(cfg)
+    run_or_refuse(train, cfg)
 
 
 if __name__ == "__main__":

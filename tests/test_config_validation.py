@@ -12,6 +12,7 @@ import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
+from bayesian_lora import config_validation
 from bayesian_lora.config import CONFIG_DIR
 from bayesian_lora.config_validation import ConfigError, validate_config
 from bayesian_lora.data.tasks import TASKS
@@ -20,6 +21,12 @@ from tests.helpers import compose_config, compose_train
 GROUPS = {p.name for p in Path(CONFIG_DIR).iterdir() if p.is_dir()}
 #: Groups whose configs write only their own node (test_groups_write_only_their_node checks it).
 SWAPPABLE = ("sampler", "model", "data", "trainer", "logger")
+
+
+@pytest.fixture(autouse=True)
+def _one_cuda_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shipped GPU configs are validated as on a machine with a GPU (see test_bad_inputs)."""
+    monkeypatch.setattr(config_validation, "cuda_devices", lambda: 1)
 
 
 @functools.cache
@@ -75,7 +82,12 @@ BAD = [
         "['clasifier']",
         "head modules among classifier, pooler",
     ),
-    ("+model.lora.rank=4", "model.lora.rank", "4", "keys of model.lora: r, alpha, dropout"),
+    (
+        "+model.lora.rank=4",
+        "model.lora.rank",
+        "4",
+        "did you mean model.lora.r? keys of model.lora:",
+    ),
     # data
     (
         "data.task=mnli",

@@ -247,6 +247,45 @@ def test_none_and_empty_texts(
     assert all(sum(i == sep for i in ids) == 2 for ids in rows)
 
 
+def test_empty_and_null_texts_are_warned_naming_the_file(
+    tmp_path: Path, cache_dir: str, bert_tokenizer: BertTokenizer, caplog: pytest.LogCaptureFixture
+) -> None:
+    repo = write_synthetic_task(tmp_path, "sst2", n_train=20)
+    shard = repo / "sst2/train-00000-of-00001.parquet"
+    table = pq.read_table(shard)
+    column = table.column("sentence").to_pylist()
+    column[3:6] = [None, "", "   "]
+    index = table.schema.get_field_index("sentence")
+    pq.write_table(table.set_column(index, "sentence", pa.array(column, pa.string())), shard)
+    make_dm("sst2", bert_tokenizer, tmp_path, cache_dir)
+    assert f"{shard} (row 3): 3 of 20 'sentence' texts of split 'train' are empty" in caplog.text
+
+
+def _set_first_text(shard: Path, field: str, text: str) -> None:
+    table = pq.read_table(shard)
+    column = table.column(field).to_pylist()
+    column[0] = text
+    index = table.schema.get_field_index(field)
+    pq.write_table(table.set_column(index, field, pa.array(column, pa.string())), shard)
+
+
+def test_the_cache_follows_the_content_of_local_files(tmp_path: Path, cache_dir: str) -> None:
+    """datasets keys a local folder's cache on its README: an edit must not serve old rows."""
+    task = get_task("sst2")
+    repo = write_synthetic_task(tmp_path / "a", task, n_train=8, n_validation=4, n_test=4)
+    shard = repo / "sst2/train-00000-of-00001.parquet"
+    first = load_task_dataset(task, tmp_path / "a", cache_dir)["train"]["sentence"]
+    _set_first_text(shard, "sentence", "an edited row")
+    edited = load_task_dataset(task, tmp_path / "a", cache_dir)["train"]["sentence"]
+    assert edited[0] == "an edited row" and edited[1:] == first[1:]
+    # another folder with the same README but other rows is served its own rows
+    other = write_synthetic_task(tmp_path / "b", task, n_train=8, n_validation=4, n_test=4, seed=1)
+    (other / "README.md").write_text((repo / "README.md").read_text())
+    rows = load_task_dataset(task, tmp_path / "b", cache_dir)["train"]["sentence"]
+    expected = pq.read_table(other / "sst2/train-00000-of-00001.parquet").column("sentence")
+    assert rows == expected.to_pylist() != edited
+
+
 # ---------------------------------------------------------------- splits
 
 

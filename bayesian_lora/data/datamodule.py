@@ -23,8 +23,10 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
+from bayesian_lora.data.checks import check_files, check_values, content_fingerprint, split_files
 from bayesian_lora.data.mcqa import CHOICE_MASK, to_classification
 from bayesian_lora.data.tasks import TaskSpec, get_task
+from bayesian_lora.errors import MissingInputError
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +43,8 @@ def resolve_data_dir(data_dir: str | os.PathLike[str] | None) -> Path | None:
     return Path(value).expanduser().resolve() if value else None
 
 
-def _missing(task: TaskSpec, path: Path, reason: str) -> FileNotFoundError:
-    return FileNotFoundError(
+def _missing(task: TaskSpec, path: Path, reason: str) -> MissingInputError:
+    return MissingInputError(
         f"task {task.name!r} (Hub dataset {task.hub_id!r}, config {task.hub_config!r}) not found "
         f"in the local data folder {path}: {reason}. Put a copy of the Hub repo there, or point "
         f"paths.data_dir (or ${DATA_DIR_ENV}) at the folder that holds {task.hub_id}/, or leave "
@@ -50,13 +52,28 @@ def _missing(task: TaskSpec, path: Path, reason: str) -> FileNotFoundError:
     )
 
 
+def local_cache_dir(path: Path, task: TaskSpec, cache_dir: str | None) -> str:
+    """The ``datasets`` cache of a local copy, keyed on its files' content.
+
+    ``datasets`` keys a local folder's cache on its README only: an edited Parquet file (or
+    another folder with the same README) would be served from the old cache.
+    """
+    root = Path(cache_dir) if cache_dir else Path(datasets.config.HF_DATASETS_CACHE)
+    return str(root / "bayesian_lora_local" / f"{task.name}-{content_fingerprint(path, task)}")
+
+
 def load_task_dataset(
-    task: TaskSpec, data_dir: Path | None, cache_dir: str | None = None, test_only: bool = False
+    task: TaskSpec,
+    data_dir: Path | None,
+    cache_dir: str | None = None,
+    test_only: bool = False,
+    val_fraction: float = 0.1,
 ) -> datasets.DatasetDict:
     """Load ``task`` from ``data_dir / task.hub_id`` (a local copy laid out like the Hub repo),
     or from the Hub when ``data_dir`` is None. Raises ``FileNotFoundError`` naming the folder
     when the local copy, its config or a split the task needs (train and test; only test with
-    ``test_only``) is missing."""
+    ``test_only``) is missing, and ``DataError`` naming the file when a file does not fit the
+    task (``data.checks.check_files``)."""
     needed: list[str | None] = (
         [task.test_split] if test_only else [task.train_split, task.test_split]
     )
@@ -71,8 +88,11 @@ def load_task_dataset(
     path = Path(data_dir) / task.hub_id
     if not path.is_dir():
         raise _missing(task, path, "no such folder")
+    check_files(task, path, val_fraction, [str(n) for n in needed])
     try:
-        dsd = datasets.load_dataset(str(path), task.hub_config, cache_dir=cache_dir)
+        dsd = datasets.load_dataset(
+            str(path), task.hub_config, cache_dir=local_cache_dir(path, task, cache_dir)
+        )
     except FileNotFoundError as err:
         raise _missing(task, path, str(err)) from err
     except ValueError as err:  # datasets: "BuilderConfig 'x' not found. Available: [...]"
@@ -93,7 +113,7 @@ def _check_splits(
         reason += f"; without {task.train_split!r} it can only be evaluated on (ood=/shift=)"
     if isinstance(where, Path):
         raise _missing(task, where, reason)
-    raise FileNotFoundError(f"task {task.name!r}: Hub dataset {where!r}: {reason}")
+    raise MissingInputError(f"task {task.name!r}: Hub dataset {where!r}: {reason}")
 
 
 def carve_validation(
@@ -321,7 +341,7 @@ class TextClassificationDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Download / cache the raw dataset once (Lightning calls this on one process)."""
-        load_task_dataset(self.task, self.data_dir, self.cache_dir)
+        load_task_dataset(self.task, self.data_dir, self.cache_dir, self.val_fraction)
 
     def setup(self, stage: str | None = None) -> None:
         """Load, split and tokenise all three splits (``"test"``: the test split alone); later
@@ -336,6 +356,7 @@ class TextClassificationDataModule(L.LightningDataModule):
         raw = datasets.DatasetDict({str(name): raw[name] for name in dict.fromkeys(used)})
         if self.task.is_mcqa:
             raw = to_classification(self.task, raw)
+        self._check(raw)
         splits = self._select_splits(raw)
         for name, ds in splits.items():
             _check_labelled(self.task, name, ds)
@@ -343,6 +364,16 @@ class TextClassificationDataModule(L.LightningDataModule):
         if "train" in self.datasets:
             self.num_train_examples = len(self.datasets["train"])
             self.train_sampler = ResumableRandomSampler(self.num_train_examples, self.shuffle_seed)
+
+    def _check(self, raw: datasets.DatasetDict) -> None:
+        """Labels, targets and texts of the splits used (``data.checks``; MCQA once converted)."""
+        task = self.task
+        repo = self.data_dir / task.hub_id if self.data_dir is not None else None
+        files = split_files(repo, task) if repo is not None and not task.is_mcqa else {}
+        where = f"Hub dataset {task.hub_id} ({task.hub_config or 'default'})"
+        if repo is not None and task.is_mcqa:
+            where = f"{repo} ({task.hub_config or 'default'}, as prompts)"
+        check_values(task, dict(raw), files, where, self.val_fraction)
 
     def _select_splits(self, raw: datasets.DatasetDict) -> dict[str, datasets.Dataset]:
         """Carve validation from train, apply the sample limits, record the source row ids."""

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bayesian_lora.errors import InputError
+
 GLUE_HUB_ID = "nyu-mll/glue"
 IMDB_HUB_ID = "stanfordnlp/imdb"
 AG_NEWS_HUB_ID = "fancyzhx/ag_news"
@@ -113,10 +115,14 @@ TASKS.update(
 )
 
 
+class UnknownTaskError(InputError, ValueError):
+    """A task name that is not in ``TASKS``."""
+
+
 def get_task(name: str) -> TaskSpec:
-    """Look a task up by name; unknown names raise ``ValueError`` listing the choices."""
+    """Look a task up by name; unknown names raise ``UnknownTaskError`` listing the choices."""
     try:
         return TASKS[name]
     except KeyError:
         choices = ", ".join(sorted(TASKS))
-        raise ValueError(f"unknown task {name!r}; available: {choices}") from None
+        raise UnknownTaskError(f"unknown task {name!r}; available: {choices}") from None

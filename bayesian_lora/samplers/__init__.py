@@ -27,31 +27,67 @@ every step its pure drift; ``state_dict()`` carries the generator state under
 ``"sampler_rng"`` so a reloaded sampler continues the chain bit for bit.
 """
 
-from bayesian_lora.samplers.asgld import ASGLD
-from bayesian_lora.samplers.base import LangevinSampler
-from bayesian_lora.samplers.chain import ChainPlan
-from bayesian_lora.samplers.psgld import PSGLD
-from bayesian_lora.samplers.sam_sgld import SAMSGLD, SAMSGLDRank1
-from bayesian_lora.samplers.schedules import (
-    ConstantSchedule,
-    CyclicalCosine,
-    PolynomialDecay,
-    StepSizeSchedule,
-    build_schedule,
-)
-from bayesian_lora.samplers.sgd import SGD
-from bayesian_lora.samplers.sghmc import SGHMC
-from bayesian_lora.samplers.sgld import SGLD
+# The package is imported lazily (PEP 562): ``bayesian_lora.samplers.checks`` and ``.chain``
+# are read by the config validation before torch may be imported.
+from __future__ import annotations
 
-SAMPLERS: dict[str, type[LangevinSampler]] = {
-    "sgld": SGLD,
-    "psgld": PSGLD,
-    "asgld": ASGLD,
-    "sam_sgld": SAMSGLD,
-    "sam_sgld_r1": SAMSGLDRank1,
-    "sghmc": SGHMC,
-    "sgd": SGD,
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bayesian_lora.samplers.asgld import ASGLD
+    from bayesian_lora.samplers.base import LangevinSampler
+    from bayesian_lora.samplers.chain import ChainPlan
+    from bayesian_lora.samplers.psgld import PSGLD
+    from bayesian_lora.samplers.sam_sgld import SAMSGLD, SAMSGLDRank1
+    from bayesian_lora.samplers.schedules import (
+        ConstantSchedule,
+        CyclicalCosine,
+        PolynomialDecay,
+        StepSizeSchedule,
+        build_schedule,
+    )
+    from bayesian_lora.samplers.sgd import SGD
+    from bayesian_lora.samplers.sghmc import SGHMC
+    from bayesian_lora.samplers.sgld import SGLD
+
+    SAMPLERS: dict[str, type[LangevinSampler]]
+
+#: algorithm name -> class name in this package (the names of ``checks.HYPERPARAMETERS``)
+_SAMPLER_CLASSES = {
+    "sgld": "SGLD",
+    "psgld": "PSGLD",
+    "asgld": "ASGLD",
+    "sam_sgld": "SAMSGLD",
+    "sam_sgld_r1": "SAMSGLDRank1",
+    "sghmc": "SGHMC",
+    "sgd": "SGD",
 }
+_MODULES = {
+    "ASGLD": "asgld",
+    "LangevinSampler": "base",
+    "ChainPlan": "chain",
+    "PSGLD": "psgld",
+    "SAMSGLD": "sam_sgld",
+    "SAMSGLDRank1": "sam_sgld",
+    "ConstantSchedule": "schedules",
+    "CyclicalCosine": "schedules",
+    "PolynomialDecay": "schedules",
+    "StepSizeSchedule": "schedules",
+    "build_schedule": "schedules",
+    "SGD": "sgd",
+    "SGHMC": "sghmc",
+    "SGLD": "sgld",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SAMPLERS":
+        return {algo: __getattr__(cls) for algo, cls in _SAMPLER_CLASSES.items()}
+    if name in _MODULES:
+        return getattr(importlib.import_module(f"{__name__}.{_MODULES[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ASGLD",

@@ -8,12 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bayesian_lora.samplers.base import (
-    LangevinSampler,
-    non_negative,
-    positive,
-    unit_interval_open_right,
-)
+from bayesian_lora.samplers.base import LangevinSampler
+from bayesian_lora.samplers.checks import HYPERPARAMETERS
 
 
 class ASGLD(LangevinSampler):
@@ -45,12 +41,7 @@ class ASGLD(LangevinSampler):
         eps: lambda > 0 in the denominator.
     """
 
-    _hyper_checks = {
-        "drift": non_negative(),
-        "beta1": unit_interval_open_right(),
-        "beta2": unit_interval_open_right(),
-        "eps": positive(),
-    }
+    _hyper_checks = HYPERPARAMETERS["asgld"]
 
     def __init__(
         self,

@@ -10,50 +10,17 @@ plain step is ``sqrt(2 eta T / N)``.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from bayesian_lora.samplers.checks import Check, _is_int, positive
+
 Closure = Callable[[], Any]
-#: name -> (predicate, description of the allowed range)
-Check = tuple[Callable[[Any], bool], str]
 
 _RNG_KEY = "sampler_rng"
-
-
-def _is_real(value: Any) -> bool:
-    return (
-        isinstance(value, numbers.Real)
-        and not isinstance(value, bool)
-        and math.isfinite(float(value))
-    )
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def positive() -> Check:
-    return (lambda v: _is_real(v) and v > 0, "a finite real number > 0")
-
-
-def non_negative() -> Check:
-    return at_least(0)
-
-
-def at_least(low: float) -> Check:
-    return (lambda v: _is_real(v) and v >= low, f"a finite real number >= {low}")
-
-
-def unit_interval_open_right() -> Check:
-    return (lambda v: _is_real(v) and 0 <= v < 1, "a real number in [0, 1)")
-
-
-def unit_interval_open_left() -> Check:
-    return (lambda v: _is_real(v) and 0 < v <= 1, "a real number in (0, 1]")
 
 
 def scale_by(tensors: list[Tensor], scale: Tensor) -> list[Tensor]:
@@ -86,7 +53,7 @@ class LangevinSampler(torch.optim.Optimizer):
         seed: the generator seed (restored by :meth:`load_state_dict`).
     """
 
-    #: Checks of the algorithm hyperparameters (subclasses extend it).
+    #: Checks of the algorithm hyperparameters (subclasses set ``checks.HYPERPARAMETERS[name]``).
     _hyper_checks: dict[str, Check] = {}
     _base_checks: dict[str, Check] = {
         "lr": positive(),

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Literal
 
-from bayesian_lora.samplers.base import _is_int
+from bayesian_lora.samplers.checks import _is_int
 from bayesian_lora.samplers.schedules import CyclicalCosine, StepSizeSchedule
 
 Phase = Literal["warmup", "burn_in", "sampling"]

@@ -8,11 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bayesian_lora.samplers.base import (
-    LangevinSampler,
-    positive,
-    unit_interval_open_right,
-)
+from bayesian_lora.samplers.base import LangevinSampler
+from bayesian_lora.samplers.checks import HYPERPARAMETERS
 
 
 class PSGLD(LangevinSampler):
@@ -39,7 +36,7 @@ class PSGLD(LangevinSampler):
         eps: lambda > 0, the preconditioner's damping.
     """
 
-    _hyper_checks = {"beta": unit_interval_open_right(), "eps": positive()}
+    _hyper_checks = HYPERPARAMETERS["psgld"]
 
     def __init__(
         self,

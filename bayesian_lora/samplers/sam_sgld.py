@@ -8,13 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bayesian_lora.samplers.base import (
-    Closure,
-    LangevinSampler,
-    at_least,
-    non_negative,
-    scale_by,
-)
+from bayesian_lora.samplers.base import Closure, LangevinSampler, scale_by
+from bayesian_lora.samplers.checks import HYPERPARAMETERS
 
 # Guards the division by a global norm when the gradient vanishes.
 _TINY = 1e-12
@@ -47,7 +42,7 @@ class SAMSGLD(LangevinSampler):
         rho: perturbation radius >= 0.
     """
 
-    _hyper_checks = {"rho": non_negative()}
+    _hyper_checks = HYPERPARAMETERS["sam_sgld"]
 
     def __init__(
         self,
@@ -120,10 +115,7 @@ class SAMSGLDRank1(SAMSGLD):
         direction_scale: s >= -1 (``s = -1`` removes the noise along ``d``).
     """
 
-    _hyper_checks = {
-        "rho": non_negative(),
-        "direction_scale": at_least(-1),
-    }
+    _hyper_checks = HYPERPARAMETERS["sam_sgld_r1"]
 
     def __init__(
         self,

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any
 
-from bayesian_lora.samplers.base import _is_int, _is_real
+from bayesian_lora.samplers.checks import _is_int, _is_real
 
 
 def _check(name: str, value: Any, ok: bool, allowed: str) -> None:

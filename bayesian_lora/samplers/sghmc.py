@@ -8,7 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bayesian_lora.samplers.base import LangevinSampler, unit_interval_open_left
+from bayesian_lora.samplers.base import LangevinSampler
+from bayesian_lora.samplers.checks import HYPERPARAMETERS
 
 
 class SGHMC(LangevinSampler):
@@ -35,7 +36,7 @@ class SGHMC(LangevinSampler):
         friction: alpha in (0, 1].
     """
 
-    _hyper_checks = {"friction": unit_interval_open_left()}
+    _hyper_checks = HYPERPARAMETERS["sghmc"]
 
     def __init__(
         self,
