@@ -11,9 +11,5 @@ class InputError(Exception):
     """Bad input, refused: the message names the key or file, the value and what is allowed."""
 
 
-class SampleFileError(InputError, RuntimeError):
-    """A run folder's samples or manifest are missing, corrupt or do not fit what is asked."""
-
-
 class MissingInputError(InputError, FileNotFoundError):
     """A folder or file the command names does not exist (or is not what it should be)."""

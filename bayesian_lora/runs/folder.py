@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from bayesian_lora.errors import MissingInputError
 from bayesian_lora.runs import layout
 from bayesian_lora.runs.lock import RunLock
 from bayesian_lora.runs.manifest import Manifest, SampleFileError
@@ -105,7 +106,7 @@ def open_run(path: str | Path) -> RunFolder:
     """A run folder with its manifest and config read, or a clear error for anything else."""
     run = RunFolder(Path(path).expanduser().resolve())
     if not run.path.is_dir():
-        raise FileNotFoundError(f"run folder {run.path} does not exist")
+        raise MissingInputError(f"run folder {run.path} does not exist")
     if not run.is_run_folder:
         inner = find_run_folders([run.path], required=False)
         hint = (

@@ -19,11 +19,13 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from bayesian_lora.errors import InputError
+
 SCHEMA = "bayesian-lora-run/2"
 LEGACY_SCHEMAS = ("bayesian-lora-samples/1",)
 
 
-class SampleFileError(RuntimeError):
+class SampleFileError(InputError, RuntimeError):
     """A samples file is missing, truncated, corrupt, or does not match its manifest."""
 
 
