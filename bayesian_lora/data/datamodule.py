@@ -350,10 +350,8 @@ class TextClassificationDataModule(L.LightningDataModule):
             return
         test_only = stage == "test"
         raw = load_task_dataset(self.task, self.data_dir, self.cache_dir, test_only)
-        used = (
-            [self.task.test_split] if test_only else [self.task.train_split, self.task.test_split]
-        )
-        raw = datasets.DatasetDict({str(name): raw[name] for name in dict.fromkeys(used)})
+        if test_only:  # only the test split is loaded, formatted and tokenised
+            raw = datasets.DatasetDict({self.task.test_split: raw[self.task.test_split]})
         if self.task.is_mcqa:
             raw = to_classification(self.task, raw)
         self._check(raw)
