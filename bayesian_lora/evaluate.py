@@ -147,9 +147,6 @@ def check_parameters(module: BayesianLoRAModule, run: RunFolder) -> None:
 
 def check_options(cfg: DictConfig) -> None:
     validate_evaluate_config(cfg)  # unknown keys, and the options without a registry
-    from bayesian_lora.evaluation.predict import shift_tasks  # torch: after the light checks
-    from bayesian_lora.methods import get_calibrator
-
     k, K = cfg.get("k"), cfg.get("mc_dropout") or 0
     if k is not None and not (isinstance(k, int) and k >= 1):
         raise ConfigError(f"k={k!r} is not allowed: an integer >= 1, or null for all samples")
@@ -160,6 +157,9 @@ def check_options(cfg: DictConfig) -> None:
         raise ConfigError(f"split={split!r} is not allowed: one of {', '.join(SPLITS)}")
     if cfg.get("ood") is not None:
         get_task(str(cfg.ood))  # unknown names raise, listing the choices
+    from bayesian_lora.evaluation.predict import shift_tasks  # torch: after the light checks
+    from bayesian_lora.methods import get_calibrator
+
     for name in shift_tasks(cfg):
         get_task(name)
     if cfg.get("calibrate") is not None:
@@ -178,6 +178,7 @@ def eval_split(cfg: DictConfig) -> str:
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.run_dir`` / ``cfg.run_dirs`` as one ensemble; returns the metrics dict."""
+    check_options(cfg)  # bad options are refused before the heavy imports below
     from bayesian_lora.evaluation.chains import (
         chain_summaries,
         diagnose_chains,

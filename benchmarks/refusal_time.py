@@ -56,7 +56,10 @@ def main() -> None:
                 seconds, proc = run_once(module, args, Path(tmp))
                 left = sorted(str(p.relative_to(tmp)) for p in Path(tmp).rglob("*"))
             errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-            torch = any(line.rstrip().endswith("| torch") for line in proc.stderr.splitlines())
+            torch = any(
+                line.startswith("import time:") and line.split("|")[-1].strip() == "torch"
+                for line in proc.stderr.splitlines()
+            )
             if proc.returncode != 2 or not errors or "Traceback" in proc.stderr or left:
                 raise SystemExit(
                     f"{module} {' '.join(args)}: not a clean refusal (exit {proc.returncode}, "
