@@ -371,7 +371,10 @@ class TextClassificationDataModule(L.LightningDataModule):
         where = f"Hub dataset {task.hub_id} ({task.hub_config or 'default'})"
         if repo is not None and task.is_mcqa:
             where = f"{repo} ({task.hub_config or 'default'}, as prompts)"
-        check_values(task, dict(raw), files, where, self.val_fraction)
+        used = [n for n in (task.train_split, task.test_split) if n is not None and n in raw]
+        check_values(
+            task, {n: raw[n] for n in dict.fromkeys(used)}, files, where, self.val_fraction
+        )
 
     def _select_splits(self, raw: datasets.DatasetDict) -> dict[str, datasets.Dataset]:
         """Carve validation from train, apply the sample limits, record the source row ids."""
