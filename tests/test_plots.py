@@ -145,3 +145,12 @@ def test_long_subplot_titles_are_wrapped_inside_the_figure(tmp_path, data, drawn
         {"method": f"method {i}", "acc_mean": 0.8 + i / 100, "acc_std": 0.01} for i in range(2)
     ]
     _no_ink_at_the_border(P.comparison_plot(table, tmp_path / "cmp.png", metrics=("acc", "nll")))
+
+
+def test_comparison_plot_with_a_single_seed_method(tmp_path):
+    """A method with one run has std NaN: the plot draws it without an error bar."""
+    table = [
+        {"method": "map", "n": 1, "acc_mean": 0.8, "acc_std": float("nan")},
+        {"method": "sgld", "n": 3, "acc_mean": 0.82, "acc_std": 0.01},
+    ]
+    _check_png(P.comparison_plot(table, tmp_path / "cmp.png", metrics=("acc",)))

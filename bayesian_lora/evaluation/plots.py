@@ -399,6 +399,7 @@ def comparison_plot(
         s = _scale(m)
         mean = np.array([r.get(f"{m}_mean", r.get(m, np.nan)) for r in table], float) * s
         std = np.array([r.get(f"{m}_std", 0.0) for r in table], float) * s
+        std = np.where(np.isfinite(std), std, 0.0)  # one seed: std is NaN, draw no error bar
         ax.bar(x, mean, yerr=std, capsize=4, color=colors, edgecolor="black", linewidth=0.6)
         for xi, (mu, sd) in enumerate(zip(mean, std, strict=True)):
             ax.annotate(
