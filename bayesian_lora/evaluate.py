@@ -27,7 +27,7 @@ import glob
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -123,7 +123,8 @@ def check_requested_model(model_cfg: Any, run: RunFolder, source: str) -> None:
     from bayesian_lora.runs.checks import ManifestMismatchError, model_identity
     from bayesian_lora.runs.checks import differences as _differences
 
-    asked = model_identity(OmegaConf.to_container(model_cfg, resolve=True))
+    # a DictConfig's container is a dict (to_container's return type covers lists and strings)
+    asked = model_identity(cast(dict[str, Any], OmegaConf.to_container(model_cfg, resolve=True)))
     diffs = _differences(asked, model_identity(run.manifest["model"]))
     if diffs:
         raise ManifestMismatchError(

@@ -28,7 +28,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import hydra
 import numpy as np
@@ -158,7 +158,10 @@ def load_run(path: Path) -> SweepRun:
         raise FileNotFoundError(
             f"{config_path} is missing (not a run folder of bayesian_lora.train)"
         )
-    config = OmegaConf.to_container(OmegaConf.load(config_path), resolve=False)
+    # .hydra/config.yaml is a mapping: its container is a dict
+    config = cast(
+        dict[str, Any], OmegaConf.to_container(OmegaConf.load(config_path), resolve=False)
+    )
     metrics = dict(json_load(path / METRICS_FILE).get("ensemble", {}))
     evaluation = path / EVALUATION_DIR / METRICS_FILE
     if evaluation.is_file():

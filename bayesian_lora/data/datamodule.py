@@ -14,13 +14,13 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import datasets
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from bayesian_lora.data.checks import check_files, check_values, content_fingerprint, split_files
@@ -117,7 +117,7 @@ def _check_splits(
 
 
 def carve_validation(
-    labels: Sequence[float] | None, n: int, val_fraction: float, seed: int
+    labels: Sequence[float] | np.ndarray | None, n: int, val_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Split row ids ``0..n-1`` into (train, validation) deterministically from ``seed``.
 
@@ -276,9 +276,9 @@ class RankShard(DistributedSampler):
     """
 
     def __init__(self, sampler: ResumableRandomSampler, num_replicas: int, rank: int) -> None:
-        super().__init__(
-            range(sampler.num_samples), num_replicas=num_replicas, rank=rank, shuffle=False
-        )
+        # DistributedSampler only takes len() of its dataset (typed Dataset): a range serves.
+        positions = cast("Dataset[int]", range(sampler.num_samples))
+        super().__init__(positions, num_replicas=num_replicas, rank=rank, shuffle=False)
         self.sampler = sampler
 
     def __iter__(self) -> Iterator[int]:
@@ -427,6 +427,7 @@ class TextClassificationDataModule(L.LightningDataModule):
         sampler: Sampler[int] | None = self.train_sampler
         trainer = self.trainer
         if trainer is not None and trainer.world_size > 1:
+            assert self.train_sampler is not None, "setup('fit') builds the train sampler"
             sampler = RankShard(self.train_sampler, trainer.world_size, trainer.global_rank)
         return self._loader("train", self.batch_size, sampler=sampler)
 

@@ -54,7 +54,7 @@ def predict_samples(
     num = next(iter(samples.values())).shape[0]
     indices = range(num) if indices is None else list(indices)
     module.eval()
-    preds = []
+    preds: list[Tensor] = []
     try:
         for i in indices:
             swap_in(params, samples, i)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import textwrap
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -181,7 +181,7 @@ def confidence_histogram(
     conf = p.max(axis=1)
     correct = p.argmax(axis=1) == y
     lo = math.floor(min(conf.min(), 1.0 / p.shape[1]) * 20) / 20
-    bins = np.linspace(lo, 1.0, n_bins + 1)
+    bins = np.linspace(lo, 1.0, n_bins + 1).tolist()  # matplotlib's stubs take a Sequence
     fig = _new_figure(6.0, 4.0)
     ax = fig.subplots()
     ax.hist(
@@ -246,7 +246,7 @@ def _status(d: Mapping[str, Any]) -> str:
     return "FAIL: " + ", ".join(reasons)
 
 
-def _chain_legend(fig: Figure, axes: Sequence[Axes]) -> None:
+def _chain_legend(fig: Figure, axes: Iterable[Axes]) -> None:
     """One legend for the whole figure (chain colours are the same in every row)."""
     handles, labels = max((ax.get_legend_handles_labels() for ax in axes), key=lambda h: len(h[0]))
     fig.legend(handles, labels, loc="outside lower center", ncols=min(8, len(labels)), fontsize=8)
@@ -347,7 +347,9 @@ def ood_histogram(
     s_in, s_out = M.as_numpy(scores_in).ravel(), M.as_numpy(scores_out).ravel()
     res = M.ood_detection(s_in, s_out)
     both = np.concatenate([s_in, s_out])
-    bins = np.linspace(both.min(), both.max(), 31) if np.ptp(both) > 0 else 10
+    bins: int | list[float] = (
+        np.linspace(both.min(), both.max(), 31).tolist() if np.ptp(both) > 0 else 10
+    )
     fig = _new_figure(6.0, 4.0)
     ax = fig.subplots()
     ax.hist(

@@ -219,7 +219,8 @@ def build_causal_lora_model(settings: ModelSettings, num_labels: int) -> PeftMod
     check_target_modules(model, settings.lora.target_modules)
     lora_config = LoraConfig(
         r=int(settings.lora.r),
-        lora_alpha=float(settings.lora.alpha),
+        # peft annotates lora_alpha as int, but only divides it by r: a float alpha is valid.
+        lora_alpha=float(settings.lora.alpha),  # type: ignore[arg-type]
         lora_dropout=float(settings.lora.dropout),
         target_modules=list(settings.lora.target_modules),
     )

@@ -23,7 +23,7 @@ from transformers import (
     AutoTokenizer,
     BertConfig,
     BertForSequenceClassification,
-    BertTokenizerFast,
+    BertTokenizer,
     PreTrainedTokenizerBase,
 )
 
@@ -119,7 +119,9 @@ def build_tokenizer(settings: ModelSettings) -> PreTrainedTokenizerBase:
     if settings.name_or_path == TINY_MODEL_ID:
         # transformers 5 ignores ``vocab_file`` here: pass the vocabulary itself.
         vocab = {token: i for i, token in enumerate(_tiny_vocab())}
-        return BertTokenizerFast(vocab=vocab, do_lower_case=True)
+        # transformers 5: BertTokenizer is the fast tokenizer (BertTokenizerFast is an alias
+        # that its type stubs do not export).
+        return BertTokenizer(vocab=vocab, do_lower_case=True)
     return AutoTokenizer.from_pretrained(resolve_model_path(settings.name_or_path))
 
 
@@ -133,12 +135,15 @@ def _build_base(settings: ModelSettings, num_labels: int) -> nn.Module:
             intermediate_size=64,
             max_position_embeddings=512,
         )
-        config = BertConfig(
-            vocab_size=len(_tiny_vocab()),
-            num_labels=num_labels,
-            problem_type=problem,
-            **{**defaults, **settings.tiny},
-        )
+        # BertConfig's signature omits the PretrainedConfig kwargs it accepts (num_labels).
+        kwargs: dict[str, Any] = {
+            "vocab_size": len(_tiny_vocab()),
+            "num_labels": num_labels,
+            "problem_type": problem,
+            **defaults,
+            **settings.tiny,
+        }
+        config = BertConfig(**kwargs)
         with torch.random.fork_rng():  # the "pretrained" tiny base is the same in every run
             torch.manual_seed(1234)
             return BertForSequenceClassification(config)
@@ -183,7 +188,8 @@ def build_lora_model(settings: ModelSettings, num_labels: int) -> PeftModel:
     lora_config = LoraConfig(
         task_type=TaskType.SEQ_CLS,
         r=int(settings.lora.r),
-        lora_alpha=float(settings.lora.alpha),
+        # peft annotates lora_alpha as int, but only divides it by r: a float alpha is valid.
+        lora_alpha=float(settings.lora.alpha),  # type: ignore[arg-type]
         lora_dropout=float(settings.lora.dropout),
         target_modules=list(settings.lora.target_modules),
         modules_to_save=list(settings.lora.modules_to_save),

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import lightning as L
 import torch
@@ -27,6 +27,9 @@ from bayesian_lora.evaluation.epoch_metrics import ClassificationMetrics, Regres
 from bayesian_lora.models.lora import sampled_parameters
 from bayesian_lora.models.prior import GaussianPrior, isotropic_prior
 from bayesian_lora.samplers.chain import ChainPlan
+
+if TYPE_CHECKING:
+    from bayesian_lora.samplers.base import LangevinSampler
 
 log = logging.getLogger(__name__)
 
@@ -169,9 +172,10 @@ class BayesianLoRAModule(L.LightningModule):
         adamw = torch.optim.AdamW(
             params, lr=self.adamw.lr, betas=self.adamw.betas, weight_decay=self.adamw.weight_decay
         )
-        if self.is_map:
+        factory = self.sampler_factory
+        if factory is None:  # MAP (is_map)
             return [adamw]
-        return [adamw, self.sampler_factory(list(self.sampler_parameters().values()))]
+        return [adamw, factory(list(self.sampler_parameters().values()))]
 
     def on_train_start(self) -> None:
         if self.is_map:  # the loader length per rank is known only now (DDP shards it)
@@ -208,17 +212,23 @@ class BayesianLoRAModule(L.LightningModule):
             stats.setdefault("nll", nll.detach())
             return u
 
-        if phase in ("map", "warmup"):
+        plan = self.plan
+        if phase == "map" or plan is None:  # phase() is "map" exactly when there is no plan
             opt = optimizers[0]
-            total = self.total_map_steps if phase == "map" else self.plan.warmup_steps
-            lr = self.adamw_lr(step, total)
+            lr = self.adamw_lr(step, self.total_map_steps)
+            set_dropout(self.model, True)
+        elif phase == "warmup":
+            opt = optimizers[0]
+            lr = self.adamw_lr(step, plan.warmup_steps)
             set_dropout(self.model, True)
         else:
             opt = optimizers[1]
             self._freeze_held()
-            s = step - self.plan.warmup_steps
-            lr = self.plan.schedule.lr(s)
-            opt.optimizer.noise_enabled = bool(self.plan.schedule.noise(s))
+            s = step - plan.warmup_steps
+            schedule = plan.schedule
+            assert schedule is not None, "a chain's sampling phase needs a step-size schedule"
+            lr = schedule.lr(s)
+            cast("LangevinSampler", opt.optimizer).noise_enabled = bool(schedule.noise(s))
             set_dropout(self.model, self.dropout_during_sampling)
         lr *= self.lr_scale
         for group in opt.optimizer.param_groups:
@@ -360,7 +370,7 @@ class BayesianLoRAModule(L.LightningModule):
         """Continue mid-epoch: the train sampler skips the batches this chain already used."""
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
         sampler = getattr(datamodule, "train_sampler", None)
-        if sampler is None:
+        if datamodule is None or sampler is None:
             return
         # A step uses batch_size indices per rank, taken together from one order (RankShard).
         batch_size = datamodule.batch_size * self.trainer.world_size

@@ -119,7 +119,7 @@ class LangevinSampler(torch.optim.Optimizer):
             return closure()
 
     @torch.no_grad()
-    def step(self, closure: Closure | None = None) -> Any:  # type: ignore[override]
+    def step(self, closure: Closure | None = None) -> Any:
         """Evaluate the closure once (u and grad u), then update every group; returns u."""
         closure = self._check_closure(closure)
         loss = self._evaluate(closure)

@@ -56,7 +56,7 @@ class SAMSGLD(LangevinSampler):
         super().__init__(params, lr, num_data, temperature, seed, rho=rho)
 
     @torch.no_grad()
-    def step(self, closure: Closure | None = None) -> Any:  # type: ignore[override]
+    def step(self, closure: Closure | None = None) -> Any:
         closure = self._check_closure(closure)
         loss = self._evaluate(closure)
         # Let go of the first pass's autograd graph before the second pass: holding it made that
