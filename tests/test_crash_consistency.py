@@ -22,6 +22,7 @@ import torch
 
 import bayesian_lora.train as train_module
 from bayesian_lora.callbacks.sample_collector import ResumeMismatchError
+from bayesian_lora.errors import InputError
 from bayesian_lora.runs import RunFolderLockedError, layout, load_samples, write_samples
 from tests.helpers import AtStep, BeforeUpdate, compose_train, inject, smoke_overrides
 
@@ -205,8 +206,9 @@ def test_a_second_training_into_a_folder_in_use_is_refused_with_the_first_ones_p
             os._exit(code)
     try:
         assert os.read(ready_r, 1) == b"1"
-        with pytest.raises(RunFolderLockedError, match=rf"in use by PID {pid} on host"):
+        with pytest.raises(RunFolderLockedError, match=rf"in use by PID {pid} on host") as err:
             run(synthetic_data_dir, tmp_path)
+        assert isinstance(err.value, InputError)  # the CLI prints one error line, exit 2
         with pytest.raises(RunFolderLockedError, match=rf"PID {pid}"):
             resume(tmp_path)
     finally:

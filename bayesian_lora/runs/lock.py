@@ -21,11 +21,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from bayesian_lora.errors import InputError
 from bayesian_lora.runs.layout import LOCK_FILE
 
 
-class RunFolderLockedError(RuntimeError):
-    """Another process writes to this run folder, or a dead one left its lock behind."""
+class RunFolderLockedError(InputError, RuntimeError):
+    """Another process writes to this run folder, or a dead one left its lock behind.
+
+    An input error: the entry points print it as one ``error:`` line and exit with status 2.
+    """
 
 
 def _alive(pid: int) -> bool:
