@@ -25,6 +25,7 @@ from bayesian_lora.data import (
     write_all_synthetic,
     write_synthetic_task,
 )
+from bayesian_lora.data.checks import DataError
 from bayesian_lora.data.datamodule import epoch_seed
 from bayesian_lora.data.synthetic import _CUES
 
@@ -369,6 +370,19 @@ def test_missing_config_names_the_path(tmp_path: Path, cache_dir: str) -> None:
     with pytest.raises(FileNotFoundError, match="'mrpc'") as err:
         load_task_dataset(get_task("mrpc"), tmp_path, cache_dir)
     assert str(tmp_path / "nyu-mll" / "glue") in str(err.value)
+
+
+def test_prepare_data_checks_the_train_split(
+    tmp_path: Path, cache_dir: str, bert_tokenizer: BertTokenizer
+) -> None:
+    """prepare_data checks the train split with the run's val_fraction (it once passed
+    val_fraction as test_only, so only the test split was checked)."""
+    write_synthetic_task(tmp_path, "sst2", n_train=1, n_validation=2, n_test=2)
+    dm = TextClassificationDataModule(
+        "sst2", bert_tokenizer, data_dir=str(tmp_path), cache_dir=cache_dir, val_fraction=0.3
+    )
+    with pytest.raises(DataError, match=r"split 'train' has 1 row.*val_fraction=0\.3"):
+        dm.prepare_data()
 
 
 def test_without_data_dir_loads_from_the_hub(monkeypatch: pytest.MonkeyPatch) -> None:

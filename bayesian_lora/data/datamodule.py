@@ -341,7 +341,7 @@ class TextClassificationDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Download / cache the raw dataset once (Lightning calls this on one process)."""
-        load_task_dataset(self.task, self.data_dir, self.cache_dir, self.val_fraction)
+        load_task_dataset(self.task, self.data_dir, self.cache_dir, val_fraction=self.val_fraction)
 
     def setup(self, stage: str | None = None) -> None:
         """Load, split and tokenise all three splits (``"test"``: the test split alone); later
