@@ -102,31 +102,46 @@ def _train(cfg: DictConfig, run: RunFolder, ckpt_path: str | None) -> dict[str, 
             f"trainer.num_nodes gave {world_size(cfg)}; set trainer.devices explicitly"
         )
 
-    try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    except SIGTERMException:
-        log.warning(
-            "stopped by a signal after chain step %d: checkpoint written, samples flushed; "
-            "continue with resume=%s",
-            module.chain_step,
-            run_dir,
-        )
-        raise SystemExit(PREEMPTED_EXIT_CODE) from None
-    if plan is None:
-        if trainer.is_global_zero:  # under DDP, only rank zero writes samples
-            _write_map_sample(trainer, module, run, manifest)
-    elif collector is not None and collector.num_kept < plan.num_samples:
-        log.warning(
-            "the run stopped with %d of %d samples kept", collector.num_kept, plan.num_samples
-        )
     metrics: dict[str, Any] = {}
-    if cfg.evaluate_on_fit_end and trainer.is_global_zero:
-        metrics = evaluate_module_on_test(module, datamodule, run_dir)
-        test = {f"test/{k}": v for k, v in metrics["ensemble"].items()}
-        for logger in loggers:
-            logger.log_metrics(test, step=trainer.global_step)
-    close_loggers(loggers)
+    try:  # the loggers are finished however the run ends (a W&B run is not left open)
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        except SIGTERMException:
+            log.warning(
+                "stopped by a signal after chain step %d: checkpoint written, samples flushed; "
+                "continue with resume=%s",
+                module.chain_step,
+                run_dir,
+            )
+            raise SystemExit(PREEMPTED_EXIT_CODE) from None
+        if plan is None:
+            if trainer.is_global_zero:  # under DDP, only rank zero writes samples
+                _write_map_sample(trainer, module, run, manifest)
+        elif collector is not None and collector.num_kept < plan.num_samples:
+            log.warning(
+                "the run stopped with %d of %d samples kept", collector.num_kept, plan.num_samples
+            )
+        if cfg.evaluate_on_fit_end and trainer.is_global_zero:
+            metrics = evaluate_module_on_test(module, datamodule, run_dir)
+            test = {f"test/{k}": v for k, v in metrics["ensemble"].items()}
+            for logger in loggers:
+                logger.log_metrics(test, step=trainer.global_step)
+    finally:
+        close_loggers(loggers)
+    if trainer.is_global_zero:
+        print_next_steps(run_dir, is_map=plan is None)
     return metrics
+
+
+def print_next_steps(run_dir: Path, is_map: bool) -> None:
+    """Where the run folder is, and the commands to try next (evaluate it; a chain from it)."""
+    lines = [f"run folder: {run_dir}", f"next: python -m bayesian_lora.evaluate run_dir={run_dir}"]
+    if is_map:
+        lines.append(
+            "then a chain from this MAP fit: python -m bayesian_lora.train <same options> "
+            f"sampler=sgld sampler.warmup.from_run={run_dir}"
+        )
+    print("\n".join(lines), flush=True)
 
 
 def evaluate_module_on_test(module: Any, datamodule: Any, run_dir: Path) -> dict[str, Any]:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from omegaconf import OmegaConf
 
 from bayesian_lora.config import CONFIG_DIR
+from bayesian_lora.train import print_next_steps
 from tests.helpers import compose_train
 
 TEXT = ["mrpc", "sst2", "qnli", "rte", "cola", "stsb", "imdb", "ag_news"]
@@ -31,3 +34,23 @@ def test_data_configs_differ_only_in_their_task(tasks: list[str]) -> None:
     first = composed[tasks[0]]
     assert all(d == first for d in composed.values())
     assert first["batch_size"] == (32 if tasks is TEXT else 8)
+
+
+def test_quickstart_is_a_short_map_run() -> None:
+    """The README's first command: MAP, length 64, a subset, a few epochs (minutes on 2 cores)."""
+    cfg = compose_train(["experiment=quickstart"])
+    assert cfg.sampler.name == "map" and cfg.model.name == "minilm" and cfg.data.task == "mrpc"
+    assert cfg.model.max_length == 64 and cfg.data.max_train_samples == 1000
+    assert cfg.trainer.max_epochs * -(-cfg.data.max_train_samples // cfg.data.batch_size) <= 100
+
+
+def test_a_run_ends_with_its_folder_and_the_next_commands(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    print_next_steps(tmp_path, is_map=True)
+    out = capsys.readouterr().out
+    assert f"run folder: {tmp_path}" in out
+    assert f"python -m bayesian_lora.evaluate run_dir={tmp_path}" in out
+    assert f"sampler=sgld sampler.warmup.from_run={tmp_path}" in out
+    print_next_steps(tmp_path, is_map=False)
+    assert "warmup.from_run" not in capsys.readouterr().out
