@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from bayesian_lora.config import (
     CONFIG_DIR,
@@ -89,7 +89,7 @@ def _train(cfg: DictConfig, run: RunFolder, ckpt_path: str | None) -> dict[str, 
     L.seed_everything(int(cfg.seed), workers=True)
     datamodule = build_datamodule(cfg)
     datamodule.setup("fit")  # the data checks, before the config is written
-    OmegaConf.save(cfg, run.config_file, resolve=True)
+    OmegaConf.save(absolute_data_dir(cfg), run.config_file, resolve=True)
     plan = build_chain_plan(cfg, steps_per_epoch(cfg, int(datamodule.num_train_examples or 0)))
     module, counts = build_module(cfg, datamodule, plan)
     manifest = manifest_for(cfg, datamodule, plan, module.prior)
@@ -131,6 +131,18 @@ def _train(cfg: DictConfig, run: RunFolder, ckpt_path: str | None) -> dict[str, 
     if trainer.is_global_zero:
         print_next_steps(run_dir, is_map=plan is None)
     return metrics
+
+
+def absolute_data_dir(cfg: DictConfig) -> DictConfig:
+    """The config to save: ``paths.data_dir`` absolute, so that ``evaluate`` of the run folder
+    works from any directory."""
+    data_dir = cfg.paths.get("data_dir")
+    if not data_dir:
+        return cfg
+    saved = cfg.copy()
+    with open_dict(saved):
+        saved.paths.data_dir = str(Path(str(data_dir)).expanduser().resolve())
+    return saved
 
 
 def print_next_steps(run_dir: Path, is_map: bool) -> None:

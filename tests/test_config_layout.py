@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from bayesian_lora.config import CONFIG_DIR
 from bayesian_lora.train import print_next_steps
-from tests.helpers import compose_train
+from tests.helpers import compose_train, smoke_overrides
 
 TEXT = ["mrpc", "sst2", "qnli", "rte", "cola", "stsb", "imdb", "ag_news"]
 MCQA = ["obqa", "arc_e", "arc_c", "mmlu", "boolq", "winogrande", "winogrande_s", "winogrande_m"]
@@ -54,3 +54,16 @@ def test_a_run_ends_with_its_folder_and_the_next_commands(
     assert f"sampler=sgld sampler.warmup.from_run={tmp_path}" in out
     print_next_steps(tmp_path, is_map=False)
     assert "warmup.from_run" not in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_config_yaml_stores_the_data_dir_absolute(
+    synthetic_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bayesian_lora.train import train
+
+    monkeypatch.chdir(synthetic_data_dir.parent)
+    relative = synthetic_data_dir.name
+    train(compose_train(smoke_overrides(Path(relative), tmp_path / "run")))
+    saved = OmegaConf.load(tmp_path / "run" / "config.yaml")
+    assert saved.paths.data_dir == str(synthetic_data_dir.resolve())
