@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
@@ -107,7 +107,7 @@ def resolve_resume(cfg: DictConfig, overrides: Sequence[str] = ()) -> tuple[Dict
             f"allowed with resume=: {', '.join(RESUME_SAFE_OVERRIDES)} (to change anything "
             "else, start a new run, e.g. from this one's samples with sampler.warmup.from_run=)"
         )
-    resumed = OmegaConf.load(saved)
+    resumed = cast(DictConfig, OmegaConf.load(saved))  # a run's config.yaml is a mapping
     with open_dict(resumed):
         resumed.paths.output_dir = str(run.path)
         resumed.resume = str(run.path)
@@ -215,6 +215,9 @@ def build_module(
     from bayesian_lora.models.module import AdamWSettings, BayesianLoRAModule
     from bayesian_lora.samplers import SAMPLERS
 
+    num_data = datamodule.num_train_examples
+    if num_data is None:
+        raise RuntimeError("call datamodule.setup('fit') before build_module")
     task = get_task(cfg.data.task)
     settings = ModelSettings.from_config(cfg.model)
     model = build_lora_model(settings, task.num_labels)
@@ -227,7 +230,7 @@ def build_module(
         factory = partial(
             cls,
             lr=float(s.lr),
-            num_data=datamodule.num_train_examples,
+            num_data=num_data,
             temperature=float(s.temperature),
             seed=int(cfg.seed) + int(s.seed_offset),
             **dict(s.hparams),
@@ -248,7 +251,7 @@ def build_module(
     module = BayesianLoRAModule(
         model,
         task=task,
-        num_data=datamodule.num_train_examples,
+        num_data=num_data,
         prior=prior,
         obs_std=float(cfg.data.obs_std),
         adamw=adamw,
@@ -388,7 +391,7 @@ def build_loggers(cfg: DictConfig, counts: dict[str, Any]) -> list[Any]:
         is_wandb = str(lg.get("_target_", "")).endswith("WandbLogger")
         extra = {"group": sweep_group(cfg)} if is_wandb and lg.get("group") is None else {}
         loggers.append(instantiate(lg, **extra))
-    container = OmegaConf.to_container(cfg, resolve=True)
+    container = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))  # cfg: a mapping
     for logger in loggers:
         logger.log_hyperparams({**container, **counts})
     return loggers
