@@ -51,8 +51,12 @@ OmegaConf.register_new_resolver(
 
 
 def print_config(cfg: DictConfig) -> None:
-    """Print the composed config (the same text is saved as ``config.yaml`` in the run folder)."""
-    print(OmegaConf.to_yaml(cfg, resolve=True))
+    """Print the composed config (the same text is saved as ``config.yaml`` in the run folder);
+    under DDP only rank zero prints it."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    if getattr(rank_zero_only, "rank", 0) == 0:
+        print(OmegaConf.to_yaml(cfg, resolve=True))
 
 
 class ResumeError(MissingInputError):

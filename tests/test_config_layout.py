@@ -78,3 +78,19 @@ def test_hub_unreachable_is_said_once(caplog: pytest.LogCaptureFixture) -> None:
         first = lora.resolve_model_path(lora.MINILM_HUB_ID)
         assert lora.resolve_model_path(lora.MINILM_HUB_ID) == first
     assert sum("Hub unreachable" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_only_rank_zero_prints_the_config(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    from bayesian_lora.config import print_config
+
+    cfg = OmegaConf.create({"seed": 7})
+    monkeypatch.setattr(rank_zero_only, "rank", 1, raising=False)
+    print_config(cfg)
+    assert capsys.readouterr().out == ""
+    monkeypatch.setattr(rank_zero_only, "rank", 0, raising=False)
+    print_config(cfg)
+    assert "seed: 7" in capsys.readouterr().out
