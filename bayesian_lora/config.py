@@ -411,6 +411,7 @@ def build_trainer(
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
     from bayesian_lora.callbacks.chain_checkpoint import AtomicCheckpointIO, ChainCheckpoint
+    from bayesian_lora.callbacks.progress import ChainProgress
     from bayesian_lora.callbacks.trace import TraceRecorder
     from bayesian_lora.runs import RunFolder
 
@@ -441,6 +442,12 @@ def build_trainer(
             collector,
             ChainCheckpoint(run.last_checkpoint, int(cb.checkpoint.every_n_train_steps)),
         ]
+        if cfg.trainer.get("enable_progress_bar", True):
+            # A chain has no epochs: its own status line replaces Lightning's epoch bar.
+            progress = cb.get("progress") or {}
+            every = int(progress.get("every_n_steps", 20))
+            callbacks.append(ChainProgress(plan, str(cfg.sampler.name), every_n_steps=every))
+            overrides["enable_progress_bar"] = False
         trace = cb.get("trace")
         if trace is not None and trace.enabled:
             callbacks.append(

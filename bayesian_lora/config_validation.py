@@ -198,6 +198,7 @@ COMMON_RULES: list[Rule] = [
     ("callbacks.trace.enabled", _optional(FLAG)),
     ("callbacks.trace.probe_size", _optional(_int(0))),
     ("callbacks.trace.flush_every_steps", _optional(_int(1))),
+    ("callbacks.progress.every_n_steps", _int(1)),
 ]
 
 LORA_KEYS = ("r", "alpha", "dropout", "target_modules", "modules_to_save")
@@ -574,6 +575,7 @@ INERT_RULES: list[tuple[str, Callable[[DictConfig], str | None]]] = [
     ("sampler.schedule", _map_inert),
     ("callbacks.checkpoint.every_n_train_steps", _map_inert),
     ("callbacks.samples.flush_every", _map_inert),
+    ("callbacks.progress.every_n_steps", _map_inert),
     ("trainer.max_epochs", _chain_inert(_CHAIN_LENGTH)),
     ("trainer.min_epochs", _chain_inert(_CHAIN_LENGTH)),
     ("trainer.max_steps", _chain_inert(_CHAIN_LENGTH)),
