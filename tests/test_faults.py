@@ -232,7 +232,9 @@ def test_from_run_of_another_setup_is_refused_before_the_model_loads(
     def no_model(*a: Any, **k: Any) -> Any:
         raise AssertionError("the model was loaded before the warm start was checked")
 
-    monkeypatch.setattr(config_module, "build_lora_model", no_model)
+    import bayesian_lora.models.lora as lora_module  # config imports it inside build_module
+
+    monkeypatch.setattr(lora_module, "build_lora_model", no_model)
     monkeypatch.setattr(config_module, "build_datamodule", no_model)
     extra = [f"sampler.warmup.from_run={map_run}", override]
     with pytest.raises(ManifestMismatchError, match=r"does not fit this config") as err:
