@@ -11,16 +11,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any
 
 from bayesian_lora.errors import MissingInputError
 from bayesian_lora.runs import layout
 from bayesian_lora.runs.lock import RunLock
 from bayesian_lora.runs.manifest import Manifest, SampleFileError
-from bayesian_lora.runs.store import load_samples, read_manifest, write_samples
+
+if TYPE_CHECKING:  # the store imports torch; a run folder's names and lock do not need it
+    import torch
+    from torch import Tensor
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,8 @@ class RunFolder:
 
     @cached_property
     def manifest(self) -> Manifest:
+        from bayesian_lora.runs.store import read_manifest
+
         return read_manifest(self.path)
 
     @cached_property
@@ -91,9 +93,13 @@ class RunFolder:
     def load_samples(
         self, device: str | torch.device = "cpu"
     ) -> tuple[dict[str, Tensor], Manifest]:
+        from bayesian_lora.runs.store import load_samples
+
         return load_samples(self.path, device)
 
     def write_samples(self, samples: dict[str, Tensor], manifest: Manifest) -> Manifest:
+        from bayesian_lora.runs.store import write_samples
+
         written = write_samples(self.path, samples, manifest)
         self.__dict__["manifest"] = written
         return written
