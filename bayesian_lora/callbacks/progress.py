@@ -19,6 +19,7 @@ from typing import Any, TextIO
 
 import lightning as L
 
+from bayesian_lora.callbacks.sample_collector import SampleCollector
 from bayesian_lora.samplers.chain import ChainPlan
 
 
@@ -78,6 +79,7 @@ class ChainProgress(L.Callback):
         tty: bool | None = None,
     ) -> None:
         self.plan = plan
+        self.total = plan.total_steps()  # the plan is fixed: computed once, not every step
         self.sampler = sampler
         self.every_n_steps = max(1, int(every_n_steps))
         self.stream = stream if stream is not None else sys.stdout
@@ -86,15 +88,20 @@ class ChainProgress(L.Callback):
         self._start_step = 0
         self._drawn = False
         self._printed_step = -1
+        self._collector: SampleCollector | None = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = time.monotonic()
         self._start_step = int(getattr(pl_module, "chain_step", 0))  # resumed chains
+        self._collector = next(
+            (c for c in trainer.callbacks if isinstance(c, SampleCollector)),  # type: ignore[attr-defined]
+            None,
+        )
 
     def _line(self, trainer: L.Trainer, pl_module: Any) -> str:
         step = int(pl_module.chain_step)
-        total = self.plan.total_steps()
-        phase = self.plan.phase(min(step, total - 1)) if step < total else "done"
+        total = self.total
+        phase = self.plan.phase(step) if step < total else "done"
         lr = temperature = None
         optimizers = trainer.optimizers
         opt = optimizers[0] if phase == "warmup" or len(optimizers) < 2 else optimizers[1]
@@ -103,10 +110,7 @@ class ChainProgress(L.Callback):
             if opt is not optimizers[0]:
                 temperature = opt.param_groups[0].get("temperature")
         u = trainer.callback_metrics.get("train/u")
-        collector = next(
-            (c for c in trainer.callbacks if hasattr(c, "num_kept")),  # type: ignore[attr-defined]
-            None,
-        )
+        collector = self._collector
         done = step - self._start_step
         elapsed = time.monotonic() - self._start
         # ETA from this process's own pace (a resumed chain did its earlier steps elsewhere).
