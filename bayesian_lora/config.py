@@ -314,6 +314,7 @@ def init_from_run(module: BayesianLoRAModule, run: RunFolder) -> None:
             f"config (model {manifest.get('model', {}).get('name_or_path')!r})"
         )
     swap_in(params, samples, manifest["num_samples"] - 1)
+    module.compute.warm_start = dict(manifest.get("compute") or {}) or None
     log.info("chain initialised from %s", run.path)
 
 

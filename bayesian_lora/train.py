@@ -196,7 +196,8 @@ def _write_map_sample(trainer: L.Trainer, module: Any, run: RunFolder, manifest:
         log.info("MAP: restored the best checkpoint %s (step %d)", best, step)
     params = module.sampled_parameters()
     samples = {name: p.detach()[None] for name, p in params.items()}
-    run.write_samples(samples, manifest.replace(steps=[step], status="complete"))
+    compute = module.compute.summary()
+    run.write_samples(samples, manifest.replace(steps=[step], status="complete", compute=compute))
     log.info("MAP sample (step %d) written to %s", step, run.path)
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from bayesian_lora.compute import total_grad_evals, total_train_seconds
 from bayesian_lora.data.tasks import TaskSpec
 from bayesian_lora.evaluation.members import ensemble_kind
 from bayesian_lora.evaluation.metrics import (
@@ -176,6 +177,7 @@ def describe(
                 "status": run.manifest.get("status"),
                 "num_samples": run.num_samples,
                 "samples_used": [i for r, i in members if r == ri],
+                "compute": run.manifest.get("compute") or {},
             }
             for ri, run in enumerate(runs)
         ],
@@ -183,4 +185,19 @@ def describe(
             "predict_seconds": m.seconds,
             "forward_passes": int(m.preds.shape[0]),
         },
+        "compute": ensemble_compute(runs, m),
+    }
+
+
+def ensemble_compute(runs: Sequence[RunFolder], m: Members) -> dict[str, Any]:
+    """What the ensemble cost (``bayesian_lora.compute``): training summed over its runs (each
+    with its warm start), and this evaluation. None where a run did not record it."""
+    grads = [total_grad_evals(r.manifest.get("compute")) for r in runs]
+    secs = [total_train_seconds(r.manifest.get("compute")) for r in runs]
+    return {
+        "train_grad_evals": None if None in grads else sum(g or 0 for g in grads),
+        "train_seconds": None if None in secs else round(sum(s or 0.0 for s in secs), 3),
+        "forward_passes_per_example": int(m.preds.shape[0]),
+        "eval_seconds": round(float(m.seconds), 3),
+        "members": int(m.preds.shape[0]),
     }

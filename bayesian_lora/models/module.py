@@ -22,6 +22,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from bayesian_lora.compute import ComputeMeter
 from bayesian_lora.data.tasks import TaskSpec
 from bayesian_lora.evaluation.epoch_metrics import ClassificationMetrics, RegressionMetrics
 from bayesian_lora.models.lora import sampled_parameters
@@ -121,6 +122,7 @@ class BayesianLoRAModule(L.LightningModule):
         self._inv_var = self.prior.inverse_variances(list(trained))
         self._held_frozen = False
         self.last_stats: dict[str, Tensor] | None = None
+        self.compute = ComputeMeter()  # steps, gradient evaluations, wall time (manifest)
         self.val_metrics: ClassificationMetrics | RegressionMetrics = (
             RegressionMetrics(self.obs_std)
             if task.is_regression
@@ -178,10 +180,14 @@ class BayesianLoRAModule(L.LightningModule):
         return [adamw, factory(list(self.sampler_parameters().values()))]
 
     def on_train_start(self) -> None:
+        self.compute.start()
         if self.is_map:  # the loader length per rank is known only now (DDP shards it)
             estimated = self.trainer.estimated_stepping_batches
             if math.isfinite(estimated):
                 self.total_map_steps = int(estimated)
+
+    def on_train_end(self) -> None:
+        self.compute.stop()
 
     def adamw_lr(self, step: int, total: int) -> float:
         """Linear warm-up over warmup_ratio of ``total`` steps, then linear decay to zero."""
@@ -206,6 +212,7 @@ class BayesianLoRAModule(L.LightningModule):
                 p.grad = None
             u, nll = self.potential(batch)
             self.manual_backward(u)
+            self.compute.gradient(phase, batch["labels"].shape[0] * self.trainer.world_size)
             if self.grad_clip is not None:
                 nn.utils.clip_grad_norm_(list(self.sampled_parameters().values()), self.grad_clip)
             stats.setdefault("u", u.detach())
@@ -242,6 +249,7 @@ class BayesianLoRAModule(L.LightningModule):
             return stats["u"]
         self.completed_step = step
         self.chain_step += 1
+        self.compute.step(phase)
         self.last_stats = stats  # u and NLL of this update, on the device (callbacks.trace)
         self.log_dict(
             {"train/u": stats["u"], "train/nll": stats["nll"]},
@@ -352,6 +360,7 @@ class BayesianLoRAModule(L.LightningModule):
             "retries_left": self.divergence_retries,
             "torch_rng": torch.get_rng_state(),  # dropout, when it is on, draws from it
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "compute": self.compute.state_dict(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -360,6 +369,8 @@ class BayesianLoRAModule(L.LightningModule):
         self.lr_scale = float(chain.get("lr_scale", 1.0))
         self.retries_used = int(chain.get("retries_used", 0))
         self.divergence_retries = int(chain.get("retries_left", self.divergence_retries))
+        if "compute" in chain:
+            self.compute.load_state_dict(chain["compute"])
         if "torch_rng" in chain:
             torch.set_rng_state(chain["torch_rng"].cpu())
         if chain.get("cuda_rng") and torch.cuda.is_available():

@@ -48,6 +48,7 @@ class Manifest(Mapping[str, Any]):
     # What the samples file holds, filled in by the writer:
     steps: list[int] = field(default_factory=list)
     step_size_scales: list[float] = field(default_factory=list)  # per kept sample (back-offs)
+    compute: dict[str, Any] = field(default_factory=dict)  # bayesian_lora.compute: what it cost
     status: str = "running"
     num_samples: int = 0
     parameters: dict[str, list[int]] = field(default_factory=dict)
