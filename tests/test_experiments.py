@@ -1,7 +1,9 @@
 """Every shipped ``experiment=`` config composes and runs a few steps with ``model=tiny debug=smoke``.
 
-An experiment overrides ``debug=`` (it comes later in the defaults list), so the chain and data
-sizes of the smoke run are given on the command line too; a sweep experiment runs its first job.
+``debug=`` comes last in ``conf/train.yaml``'s defaults (after ``experiment=``), so
+``experiment=X debug=smoke`` shrinks the experiment (its chain, data and epochs) and puts it on
+the CPU trainer; the test runs pass still smaller sizes on the command line to stay fast. A sweep
+experiment runs its first job.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from bayesian_lora.config import CONFIG_DIR
 from bayesian_lora.runs import load_samples
@@ -28,6 +31,25 @@ SMALL = [
 
 def test_there_are_experiments() -> None:
     assert len(EXPERIMENTS) >= 10 and "mrpc_minilm_map_cpu" in EXPERIMENTS
+
+
+@pytest.mark.parametrize("experiment", ["mrpc_minilm_sgld_cpu", "mcqa_llama2", "quickstart"])
+def test_debug_smoke_shrinks_an_experiment(experiment: str) -> None:
+    """debug=smoke composes after the experiment: its sizes win over the experiment's."""
+    full = compose_train([f"experiment={experiment}"])
+    smoke = compose_train([f"experiment={experiment}", "debug=smoke"])
+    expected = OmegaConf.load(CONFIG_DIR / "debug" / "smoke.yaml")
+    assert smoke.trainer.accelerator == "cpu" and smoke.trainer.max_epochs == 1
+    assert smoke.data.max_train_samples == expected.data.max_train_samples
+    assert smoke.data.batch_size == expected.data.batch_size
+    assert (full.data.max_train_samples or 10**9) > smoke.data.max_train_samples
+    if full.sampler.name != "map":
+        for key in ("burn_in", "thin", "num_samples"):
+            assert smoke.sampler[key] == expected.sampler[key] < full.sampler[key], key
+        assert smoke.sampler.warmup.steps == expected.sampler.warmup.steps
+    # the experiment's other choices stay
+    assert smoke.model.name == full.model.name and smoke.data.task == full.data.task
+    assert smoke.sampler.name == full.sampler.name and list(smoke.tags) == list(full.tags)
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
