@@ -20,6 +20,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from bayesian_lora.config_validation import override_key
 from bayesian_lora.data.tasks import get_task
 from bayesian_lora.errors import MissingInputError
+from bayesian_lora.rank_zero import process_rank
 from bayesian_lora.samplers.chain import ChainPlan
 from bayesian_lora.samplers.schedules import build_schedule
 
@@ -53,9 +54,7 @@ OmegaConf.register_new_resolver(
 def print_config(cfg: DictConfig) -> None:
     """Print the composed config (the same text is saved as ``config.yaml`` in the run folder);
     under DDP only rank zero prints it."""
-    from lightning.fabric.utilities.rank_zero import rank_zero_only
-
-    if getattr(rank_zero_only, "rank", 0) == 0:
+    if process_rank() == 0:
         print(OmegaConf.to_yaml(cfg, resolve=True))
 
 

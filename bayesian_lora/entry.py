@@ -22,6 +22,7 @@ from typing import TypeVar
 from omegaconf import DictConfig
 
 from bayesian_lora.errors import InputError
+from bayesian_lora.rank_zero import install_rank_zero_logging
 
 #: exit status of a refused command (a crash exits 1, SIGTERM 143)
 REFUSED = 2
@@ -40,7 +41,10 @@ def task_overrides() -> list[str]:
 
 
 def run_or_refuse(task: Callable[[DictConfig, Sequence[str]], T], cfg: DictConfig) -> T:
-    """Run ``task(cfg, overrides)``; on bad input print the reason and exit with ``REFUSED``."""
+    """Run ``task(cfg, overrides)``; on bad input print the reason and exit with ``REFUSED``.
+
+    Under DDP only rank zero logs the package's INFO lines (:mod:`bayesian_lora.rank_zero`)."""
+    install_rank_zero_logging()
     try:
         return task(cfg, task_overrides())
     except InputError as err:

@@ -33,6 +33,7 @@ from bayesian_lora.config_validation import validate_config, validate_model
 from bayesian_lora.data.checks import check_local_copy
 from bayesian_lora.entry import run_or_refuse
 from bayesian_lora.errors import InputError
+from bayesian_lora.rank_zero import process_rank
 
 # torch, Lightning, transformers, peft and datasets are imported only once the config is valid.
 if TYPE_CHECKING:
@@ -61,14 +62,12 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
     validate_config(cfg, () if ckpt_path else overrides)
     validate_model(cfg)  # reads the model's config (transformers), not its weights
     check_local_copy(cfg)  # the data files' columns, sizes and labels (Parquet footers)
-    from lightning.fabric.utilities.rank_zero import rank_zero_only
-
     from bayesian_lora.runs import RunFolder
     from bayesian_lora.runs.layout import remove_stale_temporaries
 
     from_run_folder(cfg)  # a warm start that does not fit is refused before anything loads
     run = RunFolder(Path(cfg.paths.output_dir))
-    writer = getattr(rank_zero_only, "rank", 0) == 0  # under DDP, rank zero owns the folder
+    writer = process_rank() == 0  # under DDP, rank zero owns the folder
     lock = run.lock(break_lock=bool(cfg.get("break_lock", False))) if writer else nullcontext()
     with lock:
         if writer:
