@@ -102,6 +102,7 @@ def _train(cfg: DictConfig, run: RunFolder, ckpt_path: str | None) -> dict[str, 
         )
 
     metrics: dict[str, Any] = {}
+    status = "failed"  # until the run gets through fit, the sample and the test evaluation
     try:  # the loggers are finished however the run ends (a W&B run is not left open)
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -125,8 +126,9 @@ def _train(cfg: DictConfig, run: RunFolder, ckpt_path: str | None) -> dict[str, 
             test = {f"test/{k}": v for k, v in metrics["ensemble"].items()}
             for logger in loggers:
                 logger.log_metrics(test, step=trainer.global_step)
+        status = "success"
     finally:
-        close_loggers(loggers)
+        close_loggers(loggers, status)
     if trainer.is_global_zero:
         print_next_steps(run_dir, is_map=plan is None)
     return metrics
@@ -162,14 +164,16 @@ def evaluate_module_on_test(module: Any, datamodule: Any, run_dir: Path) -> dict
     return predict.evaluate_module_on_test(module, datamodule, run_dir)
 
 
-def close_loggers(loggers: list[Any]) -> None:
-    """Flush every logger; W&B runs are finished so that the next job of a sweep gets its own."""
+def close_loggers(loggers: list[Any], status: str = "success") -> None:
+    """Finalize every logger with ``status`` ("success", or "failed" when the run raised: a
+    divergence, a crash, a stop signal); W&B runs are finished (with exit code 1 when failed, so
+    W&B marks them failed) so that the next job of a sweep gets its own."""
     from lightning.pytorch.loggers import WandbLogger
 
     for logger in loggers:
-        logger.finalize("success")
+        logger.finalize(status)
         if isinstance(logger, WandbLogger) and logger._experiment is not None:
-            logger.experiment.finish()
+            logger.experiment.finish(exit_code=0 if status == "success" else 1)
 
 
 def refuse_to_overwrite(run: RunFolder) -> None:

@@ -159,3 +159,52 @@ def test_warm_start_epochs_count_the_global_batch_under_ddp(tmp_path: Path) -> N
     assert steps_per_epoch(one, 64) == 8 and steps_per_epoch(two, 64) == 4
     assert steps_per_epoch(two, 65) == 5  # ceil(65 / 2) = 33 per rank: 5 batches of 8
     assert build_chain_plan(two, steps_per_epoch(two, 64)).warmup_steps == 4
+
+
+class _RecordingLogger:
+    def __init__(self) -> None:
+        self.statuses: list[str] = []
+
+    def finalize(self, status: str) -> None:
+        self.statuses.append(status)
+
+
+def test_close_loggers_passes_the_status_on() -> None:
+    from bayesian_lora.train import close_loggers
+
+    loggers = [_RecordingLogger(), _RecordingLogger()]
+    close_loggers(loggers, "failed")  # type: ignore[arg-type]
+    close_loggers(loggers)  # type: ignore[arg-type]
+    assert [lg.statuses for lg in loggers] == [["failed", "success"]] * 2
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_loggers_are_finalized_failed_when_the_run_raises(
+    fails: bool, synthetic_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """train's ``finally`` closes the loggers with "failed" when the run raised, else "success"."""
+    import bayesian_lora.train as train_module
+    from tests.helpers import AtStep, inject
+
+    closed: list[str] = []
+    original = train_module.close_loggers
+
+    def spy(loggers: list[object], status: str = "success") -> None:
+        closed.append(status)
+        original(loggers, status)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(train_module, "close_loggers", spy)
+
+    def crash(module: object) -> None:
+        raise RuntimeError("a crash inside the run")
+
+    if fails:
+        inject(monkeypatch, AtStep(2, crash))
+    cfg = compose_train(smoke_overrides(synthetic_data_dir, tmp_path, "sampler=sgld", *CHAIN))
+    if fails:
+        with pytest.raises(RuntimeError, match="a crash inside the run"):
+            train(cfg)
+    else:
+        train(cfg)
+    assert closed == ["failed" if fails else "success"]
+
