@@ -346,10 +346,21 @@ def manifest_for(
         prior_std=None if prior_std is None else float(prior_std),
         prior=prior.describe() if prior is not None else {},
         seed=int(cfg.seed),
-        sampler={**c["sampler"], "name": cfg.sampler.name, "algorithm": sampler_algorithm(cfg)},
+        sampler=sampler_record(cfg, c["sampler"]),
         kept_steps_planned=plan.kept_steps() if plan is not None else None,
         versions=library_versions(),
     )
+
+
+def sampler_record(cfg: DictConfig, sampler: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's ``sampler``: the config block (registry names: ``name``, ``algorithm``),
+    for MAP without the chain keys that shared configs give every sampler (``debug=smoke``'s
+    burn_in, thin, num_samples, warmup, ...), which mean nothing for a MAP fit."""
+    if is_map(cfg):
+        from bayesian_lora.config_validation import CHAIN_ONLY_SAMPLER_KEYS
+
+        sampler = {k: v for k, v in sampler.items() if k not in CHAIN_ONLY_SAMPLER_KEYS}
+    return {**sampler, "name": cfg.sampler.name, "algorithm": sampler_algorithm(cfg)}
 
 
 def library_versions() -> dict[str, str]:

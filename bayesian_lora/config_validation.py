@@ -560,7 +560,15 @@ _CHAIN_LENGTH = (
     "limit it with sampler.max_steps"
 )
 _EARLY_STOP = "early stopping and its monitor are for sampler=map; a chain keeps all its samples"
-_CHAIN_ONLY = [k for k, _ in CHAIN_RULES] + ["sampler.algorithm", "sampler.hparams"]
+#: sampler keys only a chain reads (``sampler.lr`` is MAP's AdamW learning rate too)
+_CHAIN_ONLY = [k for k, _ in CHAIN_RULES if k not in {m for m, _ in MAP_RULES}] + [
+    "sampler.algorithm",
+    "sampler.hparams",
+]
+#: the top-level ``sampler.*`` keys that mean nothing to MAP (left out of its manifest)
+CHAIN_ONLY_SAMPLER_KEYS = tuple(
+    dict.fromkeys(k.split(".")[1] for k in [*_CHAIN_ONLY, "sampler.schedule", "sampler.swag"])
+)
 
 #: (key, rule): when ``rule(cfg)`` gives a reason, the key does nothing in this run, and setting
 #: it on the command line is refused with that reason (keys that shared config files set for

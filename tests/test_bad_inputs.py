@@ -598,3 +598,9 @@ def test_the_prior_groups_the_validation_knows_are_the_priors() -> None:
     from bayesian_lora.models.prior import GROUPS
 
     assert config_validation.PRIOR_GROUPS == GROUPS
+
+
+def test_the_map_learning_rate_on_the_command_line_passes() -> None:
+    """sampler.lr is MAP's AdamW learning rate, not only a chain's step size."""
+    overrides = ["model=tiny", "sampler.lr=1e-3"]
+    config_validation.validate_config(compose_train(overrides), overrides, sweep=False)

@@ -208,3 +208,27 @@ def test_loggers_are_finalized_failed_when_the_run_raises(
         train(cfg)
     assert closed == ["failed" if fails else "success"]
 
+
+def test_a_map_manifest_leaves_out_the_chain_keys(tmp_path: Path) -> None:
+    """debug=smoke gives every sampler chain sizes; a MAP run's manifest does not carry them."""
+    from types import SimpleNamespace
+
+    from bayesian_lora.config import build_chain_plan, manifest_for
+
+    data = SimpleNamespace(num_train_examples=48)
+    smoke = ["model=tiny", "debug=smoke", f"paths.output_dir={tmp_path}"]
+    cfg = compose_train(smoke)
+    assert cfg.sampler.burn_in == 4  # the shared file did give MAP a burn-in
+    manifest = manifest_for(cfg, data, None)  # type: ignore[arg-type]
+    assert manifest["sampler"] == {
+        "name": "map",
+        "algorithm": "map",  # registry names stay
+        "lr": cfg.sampler.lr,
+        "weight_decay": cfg.sampler.weight_decay,
+        "warmup_ratio": cfg.sampler.warmup_ratio,
+    }
+    assert manifest["kept_steps_planned"] is None
+    chain_cfg = compose_train([*smoke, "sampler=sgld"])
+    chain = manifest_for(chain_cfg, data, build_chain_plan(chain_cfg))  # type: ignore[arg-type]
+    assert chain["sampler"]["algorithm"] == "sgld" and chain["sampler"]["burn_in"] == 4
+    assert {"temperature", "thin", "num_samples", "warmup", "schedule"} <= set(chain["sampler"])
