@@ -18,8 +18,9 @@ Evaluation adds its own (``metrics.json`` ``compute``): members, forward passes 
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 
@@ -101,3 +102,32 @@ def total_train_seconds(compute: Mapping[str, Any] | None) -> float | None:
         return None
     warm = total_train_seconds(compute.get("warm_start"))
     return float(compute["train_seconds"]) + (warm or 0.0)
+
+
+def _warm_key(compute: Mapping[str, Any]) -> str:
+    return json.dumps(compute, sort_keys=True, default=str)
+
+
+def ensemble_cost(computes: Sequence[Mapping[str, Any] | None]) -> dict[str, Any]:
+    """Training cost of an ensemble of runs: each run's own gradient evaluations and wall time,
+    plus its warm start's, where a warm start shared by several runs (the same MAP fit: an equal
+    ``warm_start`` block) is counted once. ``None`` where any run did not record it.
+
+    This is the report's convention: a pooled row of three chains started from the three MAP
+    seeds costs three chains plus three MAP fits; two chains from one MAP fit cost one MAP fit.
+    """
+    if not computes or any(not c or "total_grad_evals" not in c for c in computes):
+        return {"train_grad_evals": None, "train_seconds": None, "warm_starts": None}
+    blocks = [c for c in computes if c is not None]
+    warm = {_warm_key(w): w for c in blocks if (w := c.get("warm_start"))}
+    grads = sum(int(c["total_grad_evals"]) for c in blocks)
+    grads += sum(total_grad_evals(w) or 0 for w in warm.values())
+    secs: float | None = None
+    if all("train_seconds" in c for c in blocks):
+        secs = sum(float(c["train_seconds"]) for c in blocks)
+        secs += sum(total_train_seconds(w) or 0.0 for w in warm.values())
+    return {
+        "train_grad_evals": grads,
+        "train_seconds": None if secs is None else round(secs, 3),
+        "warm_starts": len(warm),
+    }

@@ -137,3 +137,57 @@ def train_observed(
 
     inject(monkeypatch, callback)
     train_module.train(compose_train(smoke_overrides(data_dir, out, *extra)))
+
+
+def fake_run_folder(
+    folder: Path,
+    preds: Any,
+    labels: Any,
+    *,
+    sampler: str = "map",
+    seed: int = 0,
+    task: str = "mrpc",
+    model: str = "tiny",
+    temperature: float = 1.0,
+    lr: float = 0.1,
+    compute: dict[str, Any] | None = None,
+    trace: dict[str, Any] | None = None,
+) -> Path:
+    """A finished run folder without training: ``config.yaml``, samples and manifest (the run
+    folder writers), the training-end ``predictions.safetensors`` (``preds`` ``[M, N, C]``) and
+    ``metrics.json``, and a ``trace.safetensors`` of the per-step ``trace`` arrays (plus
+    ``step`` and ``kept``: every 10th step from the first, so the whole trace is diagnosed)."""
+    import numpy as np
+    import torch
+    from omegaconf import OmegaConf
+    from safetensors.torch import save_file
+
+    from bayesian_lora.callbacks.trace import TRACE_FILE, TRACE_FORMAT
+    from bayesian_lora.data.tasks import get_task
+    from bayesian_lora.evaluation.metrics import ensemble_metrics
+    from bayesian_lora.evaluation.write import METRICS_FILE, save_predictions, write_json
+    from bayesian_lora.runs import write_samples
+
+    preds = np.asarray(preds, dtype=np.float32)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {
+        "seed": seed,
+        "model": {"name": model},
+        "data": {"task": task},
+        "sampler": {"name": sampler, "lr": lr, "temperature": temperature, "warmup": {}},
+        "paths": {"output_dir": str(folder)},
+    }
+    OmegaConf.save(OmegaConf.create(config), folder / "config.yaml")
+    samples = {"lora_A": torch.arange(preds.shape[0] * 2, dtype=torch.float32).view(-1, 2)}
+    manifest = {"task": task, "sampler": {"name": sampler}, "seed": seed, "status": "complete"}
+    write_samples(folder, samples, {**manifest, "compute": compute or {}})
+    save_predictions(folder / "predictions.safetensors", preds, np.asarray(labels))
+    metrics = ensemble_metrics(preds, np.asarray(labels), get_task(task).metric)
+    write_json(folder / METRICS_FILE, {"ensemble": metrics, "num_samples": int(preds.shape[0])})
+    if trace is not None:
+        n = len(next(iter(trace.values())))
+        tensors = {k: torch.as_tensor(np.asarray(v), dtype=torch.float32) for k, v in trace.items()}
+        tensors["step"] = torch.arange(n, dtype=torch.int64)
+        tensors["kept"] = (torch.arange(n) % 10 == 0).to(torch.uint8)
+        save_file(tensors, str(folder / TRACE_FILE), metadata={"format": TRACE_FORMAT})
+    return folder

@@ -27,6 +27,9 @@ from bayesian_lora.report import (
 )
 from tests.helpers import compose_config, compose_eval
 
+MAP_RUNS = ("0_tiny_mrpc_map_s0", "1_tiny_mrpc_map_s1")
+SGLD_RUNS = ("2_tiny_mrpc_sgld_s0", "3_tiny_mrpc_sgld_s1")
+
 # The module fixture runs a 4-job sweep in-process (~5-10 s).
 pytestmark = pytest.mark.slow
 
@@ -109,7 +112,13 @@ def test_run_folders_of_a_real_sweep_know_their_sweep(sweep: Path) -> None:
 def test_table_has_mean_std_over_seeds_and_a_deep_ensemble_row(
     report: dict[str, Any], sweep: Path
 ) -> None:
-    assert [r["method"] for r in report["rows"]] == ["map", "deep_ensemble", "sgld"]
+    assert [r["method"] for r in report["rows"]] == [
+        "map",
+        "deep_ensemble",
+        "sgld",
+        "sgld pooled (1/chain)",
+        "sgld pooled (all/chain)",
+    ]
     sgld = _row(report, "sgld")
     accs = [
         json.loads((sweep / name / "metrics.json").read_text())["ensemble"]["acc"]
@@ -121,12 +130,29 @@ def test_table_has_mean_std_over_seeds_and_a_deep_ensemble_row(
     assert "ece (%)" in text and "±" in text
     table = markdown_rows(text)
     assert table[0][:4] == ["model", "task", "method", "n"]
-    assert [r[2:4] for r in table[1:]] == [["map", "2"], ["deep_ensemble", "2"], ["sgld", "2"]]
+    assert [r[2:5] for r in table[1:]] == [
+        ["map", "2", "1"],
+        ["deep_ensemble", "2", "2"],
+        ["sgld", "2", "4"],
+        ["sgld pooled (1/chain)", "2", "2"],
+        ["sgld pooled (all/chain)", "2", "8"],
+    ]
+    assert table[0][4] == "members"
     assert table[3][table[0].index("ece (%)")] == _cell(sgld, "ece", 100.0)
+    assert " ± " in table[3][table[0].index("ece (%)")] and "[" in table[3][table[0].index("nll")]
     with (sweep / "report.csv").open() as fh:
         rows = list(csv.DictReader(fh))
-    assert [r["method"] for r in rows] == ["map", "deep_ensemble", "sgld"]
+    assert [r["method"] for r in rows][:3] == ["map", "deep_ensemble", "sgld"]
     assert float(rows[2]["ece_pct_mean"]) == pytest.approx(100 * sgld["ece_mean"])
+    assert float(rows[2]["ece_pct_ci_low"]) == pytest.approx(100 * sgld["ece_ci_low"])
+    # compute columns from the manifests (these chains warm-start themselves: 3 AdamW steps)
+    maps = [json.loads((sweep / n / "manifest.json").read_text())["compute"] for n in MAP_RUNS]
+    chains = [json.loads((sweep / n / "manifest.json").read_text())["compute"] for n in SGLD_RUNS]
+    pooled = _row(report, "sgld pooled (all/chain)")
+    assert pooled["train_grad_evals"] == sum(c["total_grad_evals"] for c in chains) > 0
+    assert _row(report, "deep_ensemble")["train_grad_evals"] == sum(
+        c["total_grad_evals"] for c in maps
+    )
 
 
 def test_deep_ensemble_row_matches_the_evaluate_code_path(
@@ -195,6 +221,7 @@ def test_command_line_prints_the_table(
         "report.md",
         "report.csv",
         "report.json",
+        "chains.csv",
         "tiny_mrpc_sgld_diagnostics.nc",
     }
     assert [p.name for p in tmp_path.iterdir()] == ["out"], "no stray outputs/ or .hydra/"
@@ -258,5 +285,34 @@ def test_unfinished_runs_are_skipped_with_a_note(sweep: Path, tmp_path: Path) ->
     shutil.copytree(sweep, copy, ignore=shutil.ignore_patterns("checkpoints", "*.png"))
     (copy / "3_tiny_mrpc_sgld_s1" / "metrics.json").unlink()
     out = build_report([copy], plots=False)
-    assert out["num_runs"] == 3 and [r["n"] for r in out["rows"]] == [2, 2, 1]
+    assert out["num_runs"] == 3 and [r["n"] for r in out["rows"]] == [2, 2, 1]  # no pooled rows
     assert any("skipped 1 run folder" in n and "3_tiny_mrpc_sgld_s1" in n for n in out["notes"])
+
+
+def test_temperature_scaled_evaluations_of_the_real_evaluate_become_rows(
+    sweep: Path, tmp_path: Path
+) -> None:
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep, copy, ignore=shutil.ignore_patterns("checkpoints", "*.png"))
+    single = evaluate(
+        compose_eval([f"run_dir={copy / MAP_RUNS[0]}", "calibrate=temperature", "plots=false"])
+    )
+    pooled = evaluate(
+        compose_eval([f"run_dirs=[{copy}/*_map_*]", "calibrate=temperature", "plots=false"])
+    )
+    out = build_report([copy], out_dir=tmp_path / "out", plots=False)
+    methods = [r["method"] for r in out["rows"]]
+    assert methods[:4] == [
+        "map",
+        "map + temperature",
+        "deep_ensemble",
+        "deep_ensemble + temperature",
+    ]
+    row = _row(out, "map + temperature")
+    assert row["n"] == 1 and row["seeds"] == [0]
+    assert row["nll_mean"] == pytest.approx(single["calibration"]["ensemble"]["nll"])
+    assert row["scaling_temperature"] == pytest.approx(single["calibration"]["temperature"])
+    de = _row(out, "deep_ensemble + temperature")
+    assert de["members"] == 2 and de["eval_seconds"] == pooled["compute"]["eval_seconds"]
+    assert de["ece_mean"] == pytest.approx(pooled["calibration"]["ensemble"]["ece"])
+    assert de["ece_ci_low"] <= de["ece_mean"] <= de["ece_ci_high"]

@@ -150,21 +150,31 @@ def chain_summaries(
     return chains
 
 
+def step_trace(run_dir: str | Path) -> dict[str, np.ndarray] | None:
+    """One run folder's per-step trace (``trace.safetensors``) from its first kept sample on,
+    as float64 arrays (``u``, ``nll``, ``probe_loglik``, ``norm.<group>``); None without a trace
+    or a kept step."""
+    from bayesian_lora.callbacks.trace import load_trace
+
+    trace = load_trace(run_dir)
+    if not trace or "kept" not in trace or not bool(trace["kept"].any()):
+        return None
+    start = int(trace["kept"].nonzero()[0, 0])
+    names = [n for n in trace if n not in ("step", "kept")]
+    return {n: trace[n][start:].double().numpy() for n in names}
+
+
 def step_traces(run_dirs: Sequence[str | Path]) -> list[dict[str, np.ndarray]]:
     """Per run folder, its per-step trace (``trace.safetensors``) from the first kept sample on:
     ``u``, ``nll``, ``probe_loglik`` and the ``norm.<group>`` summaries at every sampler step
     (``[]`` when a folder has no trace). One chain becomes its two halves, so that split R-hat
     still compares the start of the chain with its end."""
-    from bayesian_lora.callbacks.trace import load_trace
-
     chains = []
     for run_dir in run_dirs:
-        trace = load_trace(run_dir)
-        if not trace or "kept" not in trace or not bool(trace["kept"].any()):
+        chain = step_trace(run_dir)
+        if chain is None:
             return []
-        start = int(trace["kept"].nonzero()[0, 0])
-        names = [n for n in trace if n not in ("step", "kept")]
-        chains.append({n: trace[n][start:].double().numpy() for n in names})
+        chains.append(chain)
     if len(chains) == 1:
         half = min(len(v) for v in chains[0].values()) // 2
         chains = [

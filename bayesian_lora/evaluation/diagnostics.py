@@ -37,6 +37,9 @@ def _arviz() -> ModuleType:
         import arviz
 
     logging.getLogger("arviz").setLevel(logging.ERROR)
+    own = getattr(arviz, "_log", None)  # ArviZ logs through its own Logger("arviz") instance
+    if isinstance(own, logging.Logger):  # (one chain: "Shape validation failed" for R-hat)
+        own.setLevel(logging.ERROR)
     return arviz
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bayesian_lora.compute import total_grad_evals, total_train_seconds
+from bayesian_lora.compute import ensemble_cost
 from bayesian_lora.data.tasks import TaskSpec
 from bayesian_lora.evaluation.members import ensemble_kind
 from bayesian_lora.evaluation.metrics import (
@@ -190,13 +190,13 @@ def describe(
 
 
 def ensemble_compute(runs: Sequence[RunFolder], m: Members) -> dict[str, Any]:
-    """What the ensemble cost (``bayesian_lora.compute``): training summed over its runs (each
-    with its warm start), and this evaluation. None where a run did not record it."""
-    grads = [total_grad_evals(r.manifest.get("compute")) for r in runs]
-    secs = [total_train_seconds(r.manifest.get("compute")) for r in runs]
+    """What the ensemble cost (``bayesian_lora.compute.ensemble_cost``): training summed over
+    its runs, a warm start shared by several runs counted once; and this evaluation. None where
+    a run did not record it."""
+    cost = ensemble_cost([r.manifest.get("compute") for r in runs])
     return {
-        "train_grad_evals": None if None in grads else sum(g or 0 for g in grads),
-        "train_seconds": None if None in secs else round(sum(s or 0.0 for s in secs), 3),
+        "train_grad_evals": cost["train_grad_evals"],
+        "train_seconds": cost["train_seconds"],
         "forward_passes_per_example": int(m.preds.shape[0]),
         "eval_seconds": round(float(m.seconds), 3),
         "members": int(m.preds.shape[0]),

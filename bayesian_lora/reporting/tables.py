@@ -1,0 +1,210 @@
+"""Cells, frames, markdown and CSV of the report's tables.
+
+Accuracy, F1 and ECE are printed in percent (columns say ``(%)``); NLL in nats per example. A
+metric cell reads ``mean ± sd [low, high]``: the sd over seeds (single-model rows) and the 95%
+bootstrap CI over test examples.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeGuard
+
+import pandas as pd
+
+# (column, metric key, scale): percentages are scaled by 100.
+COLUMNS: tuple[tuple[str, str, float], ...] = (
+    ("acc (%)", "acc", 100.0),
+    ("nll", "nll", 1.0),
+    ("ece (%)", "ece", 100.0),
+    ("brier", "brier", 1.0),
+    ("f1 (%)", "f1", 100.0),
+    ("mcc", "mcc", 1.0),
+    ("rmse", "rmse", 1.0),
+    ("pearson", "pearson", 1.0),
+    ("spearman", "spearman", 1.0),
+    ("ood auroc entropy", "ood_auroc_entropy", 1.0),
+    ("ood auroc MI", "ood_auroc_mi", 1.0),
+)
+# (column, row key, format): the sampler config and what the row cost.
+CONFIG_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("members", "members", "g"),
+    ("T", "sampler_temperature", "g"),
+    ("step size", "step_size", "g"),
+)
+COMPUTE_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("train grad evals", "train_grad_evals", ",.0f"),
+    ("train s", "train_seconds", ",.0f"),
+    ("eval s", "eval_seconds", ",.1f"),
+    ("scaling T", "scaling_temperature", ".3f"),
+)
+
+
+def _finite(x: Any) -> TypeGuard[float]:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def _cell(row: Mapping[str, Any], key: str, scale: float) -> str:
+    """``mean ± sd [low, high]``; ``(n=..)`` when fewer runs than the row's seeds have it."""
+    mean, std = row.get(f"{key}_mean"), row.get(f"{key}_std")
+    if not _finite(mean):
+        return "–"
+    spec = ".2f" if scale != 1 else ".4f"
+    text = format(mean * scale, spec)
+    if _finite(std):
+        text += f" ± {format(std * scale, spec)}"
+    lo, hi = row.get(f"{key}_ci_low"), row.get(f"{key}_ci_high")
+    if _finite(lo) and _finite(hi):
+        text += f" [{format(lo * scale, spec)}, {format(hi * scale, spec)}]"
+    n = row.get(f"{key}_n", row["n"])
+    return text if n == row["n"] else f"{text} (n={n})"
+
+
+def _plain(value: Any, spec: str) -> str:
+    return format(value, spec) if _finite(value) else "–"
+
+
+def used_columns(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, float]]:
+    return [c for c in COLUMNS if any(f"{c[1]}_mean" in r for r in rows)]
+
+
+def _used(rows: Sequence[Mapping[str, Any]], cols: Sequence[tuple[str, str, str]]) -> list:
+    return [c for c in cols if any(_finite(r.get(c[1])) for r in rows)]
+
+
+def _id_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "model": [r["model"] for r in rows],
+            "task": [r["task"] for r in rows],
+            "method": [r["method"] for r in rows],
+            "n": [r["n"] for r in rows],
+        }
+    )
+
+
+def results_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """The report table: one row per method, cells in display units."""
+    frame = _id_frame(rows)
+    for name, key, spec in _used(rows, CONFIG_COLUMNS):
+        frame[name] = [_plain(r.get(key), spec) for r in rows]
+    for name, key, scale in used_columns(rows):
+        frame[name] = [_cell(r, key, scale) for r in rows]
+    for name, key, spec in _used(rows, COMPUTE_COLUMNS):
+        frame[name] = [_plain(r.get(key), spec) for r in rows]
+    return frame
+
+
+def markdown(frame: pd.DataFrame) -> str:
+    return str(frame.to_markdown(index=False, tablefmt="pipe", disable_numparse=True))
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    return markdown(results_frame(rows))
+
+
+def csv_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """Numbers in explicit units: ``acc_pct_mean``, ``ece_pct_ci_low``, ``nll_mean`` ...
+
+    A value a row lacks is an empty cell (NaN).
+    """
+    frame = _id_frame(rows)
+    frame["kind"] = [r.get("kind", "") for r in rows]
+    frame["seeds"] = [" ".join(map(str, r["seeds"])) for r in rows]
+    for _, key, _ in (*CONFIG_COLUMNS, *COMPUTE_COLUMNS):
+        frame[key] = _numbers([r.get(key) for r in rows])
+    for _, key, scale in used_columns(rows):
+        unit = "_pct" if scale != 1 else ""
+        for stat in ("mean", "std", "ci_low", "ci_high"):
+            frame[f"{key}{unit}_{stat}"] = _numbers([r.get(f"{key}_{stat}") for r in rows]) * scale
+    return frame
+
+
+def _numbers(values: Sequence[Any]) -> pd.Series:
+    return pd.Series([v if _finite(v) else math.nan for v in values], dtype=float)
+
+
+# ----------------------------------------------------------------------------- diagnostics
+
+
+def diagnostics_frame(diags: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per (method, summary): chains, draws, R-hat, bulk and tail ESS (the numbers of
+    ``arviz.summary``), the largest Geweke |z| of a chain and whether the checks passed."""
+    records = [
+        {
+            "model": d["model"],
+            "task": d["task"],
+            "method": d["method"],
+            "summary": name,
+            "chains": s["n_chains"],
+            "draws": s["n_draws"],
+            "R-hat": _num(s["rhat"], ".3f"),
+            "bulk ESS": _num(s["ess_bulk"], ".0f"),
+            "tail ESS": _num(s["ess_tail"], ".0f"),
+            "max |Geweke z|": _geweke(s),
+            "ok": {"ok": "yes", "too few draws": "too few draws"}.get(s["status"], "**NO**"),
+        }
+        for d in diags
+        for name, s in d["summaries"].items()
+    ]
+    return pd.DataFrame.from_records(records)
+
+
+def _geweke(s: Mapping[str, Any]) -> str:
+    """The largest stationarity |z| over the chains (bold above the threshold)."""
+    z = [abs(v) for v in s["geweke_z"] if v is not None and math.isfinite(v)]
+    if not s["stationarity_checked"] or not z:
+        return "not checked"
+    drifting = any(p.startswith("drifting") for p in s["problems"])
+    return f"**{max(z):.1f}**" if drifting else f"{max(z):.1f}"
+
+
+def diagnostics_table(diags: Sequence[Mapping[str, Any]]) -> str:
+    return markdown(diagnostics_frame(diags))
+
+
+def _num(x: Any, spec: str) -> str:
+    return format(x, spec) if _finite(x) else "NaN"
+
+
+def chains_frame(chains: Sequence[Mapping[str, Any]], names: Sequence[str]) -> pd.DataFrame:
+    """One row per chain: seed, traced steps, per summary Geweke z (bold when drifting) and
+    within-chain bulk ESS, and the chain's stationarity verdict."""
+    records = []
+    for c in chains:
+        rec: dict[str, Any] = {
+            "model": c["model"],
+            "task": c["task"],
+            "method": c["method"],
+            "seed": c["seed"],
+            "steps": c["n_draws"],
+        }
+        for name in names:
+            s = c["summaries"].get(name)
+            z = "–" if s is None else _num(s["geweke_z"], "+.2f")
+            rec[f"z {name}"] = f"**{z}**" if s is not None and s["drifting"] else z
+            rec[f"ESS {name}"] = "–" if s is None else _num(s["ess_bulk"], ".0f")
+        rec["stationary"] = {True: "yes", False: "**NO**", None: "not checked"}[c["stationary"]]
+        records.append(rec)
+    return pd.DataFrame.from_records(records)
+
+
+def chains_csv_frame(chains: Sequence[Mapping[str, Any]], names: Sequence[str]) -> pd.DataFrame:
+    records = []
+    for c in chains:
+        rec: dict[str, Any] = {
+            k: c[k] for k in ("model", "task", "method", "seed", "run", "n_draws", "stationary")
+        }
+        rec["sampler_temperature"], rec["step_size"] = c["sampler_temperature"], c["step_size"]
+        for name in names:
+            s = c["summaries"].get(name, {})
+            rec[f"{name}_geweke_z"] = s.get("geweke_z", math.nan)
+            rec[f"{name}_ess_bulk"] = s.get("ess_bulk", math.nan)
+        records.append(rec)
+    return pd.DataFrame.from_records(records)
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")

@@ -1,0 +1,325 @@
+"""The report's rows against known answers, on hand-made run folders (no training, no model).
+
+Bootstrap CIs over test examples, pooled chains at 3 and 30 members, the compute columns with
+the warm-start convention, temperature-scaled rows, and the per-chain stationarity verdicts.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from bayesian_lora.compute import ensemble_cost
+from bayesian_lora.evaluation.metrics import classification_metrics, ensemble_metrics
+from bayesian_lora.evaluation.write import METRICS_FILE, save_predictions, write_json
+from bayesian_lora.report import build_report
+from bayesian_lora.reporting.bootstrap import (
+    bootstrap_indices,
+    percentile_ci,
+    replicates,
+)
+from bayesian_lora.reporting.chain_checks import config_verdict, within_chain
+from tests.helpers import fake_run_folder
+
+N, C = 200, 2
+MAP_COMPUTE = {"total_grad_evals": 128, "train_seconds": 60.0}
+
+
+def _probs(rng: np.random.Generator, m: int, n: int = N) -> np.ndarray:
+    """``[m, n, 2]`` member probabilities leaning to a shared label pattern (so they agree)."""
+    base = np.where(np.arange(n) % 3 == 0, 0.3, 0.7)
+    p1 = np.clip(base[None] + 0.25 * rng.standard_normal((m, n)), 0.02, 0.98)
+    return np.stack([1 - p1, p1], axis=-1)
+
+
+LABELS = (np.arange(N) % 3 != 0).astype(np.int64)
+
+
+# ----------------------------------------------------------------------------- bootstrap
+
+
+def test_whole_set_replicate_equals_the_metrics_module() -> None:
+    p = _probs(np.random.default_rng(0), 1)[0]
+    reps = replicates(p, LABELS, np.arange(N)[None], "f1_accuracy")
+    want = classification_metrics(p, LABELS, "f1_accuracy")
+    for key in ("acc", "nll", "ece", "brier", "f1"):
+        assert reps[key][0] == pytest.approx(want[key], abs=1e-6), key  # torchmetrics f1: float32
+
+
+def test_one_resample_equals_the_metrics_of_the_resampled_set() -> None:
+    p = _probs(np.random.default_rng(1), 1)[0]
+    idx = bootstrap_indices(N, 3, seed=7)
+    reps = replicates(p, LABELS, idx, "f1_accuracy")
+    for b in range(3):
+        want = classification_metrics(p[idx[b]], LABELS[idx[b]], "f1_accuracy")
+        for key in ("acc", "nll", "ece", "brier", "f1"):
+            assert reps[key][b] == pytest.approx(want[key], abs=1e-6), (b, key)  # f1: float32
+
+
+def test_constant_correct_predictions_give_a_zero_width_ci() -> None:
+    p = np.eye(C)[LABELS]  # probability 1 on the label of every example
+    reps = replicates(p, LABELS, bootstrap_indices(N, 1000, 0), "f1_accuracy")
+    for key, value in {"acc": 1.0, "nll": 0.0, "ece": 0.0, "brier": 0.0, "f1": 1.0}.items():
+        lo, hi = percentile_ci(reps[key])
+        assert lo == pytest.approx(value, abs=1e-9) and hi == pytest.approx(lo, abs=1e-12), key
+
+
+def test_known_accuracy_ci_covers_it_with_the_binomial_width() -> None:
+    n, acc = 1000, 0.7
+    labels = np.zeros(n, dtype=np.int64)
+    right = np.arange(n) < acc * n  # exactly 700 correct
+    p = np.where(right[:, None], [0.8, 0.2], [0.2, 0.8])
+    reps = replicates(p, labels, bootstrap_indices(n, 4000, 0))["acc"]
+    lo, hi = percentile_ci(reps, 0.95)
+    sd = math.sqrt(acc * (1 - acc) / n)  # 0.0145
+    assert lo < acc < hi
+    assert reps.std() == pytest.approx(sd, rel=0.07)
+    assert hi - lo == pytest.approx(2 * 1.959964 * sd, rel=0.1)
+
+
+def test_index_sets_are_the_same_for_every_row_and_change_with_the_seed() -> None:
+    a, b = bootstrap_indices(N, 50, 3), bootstrap_indices(N, 50, 3)
+    assert np.array_equal(a, b) and not np.array_equal(a, bootstrap_indices(N, 50, 4))
+
+
+# ----------------------------------------------------------------------------- fake sweep
+
+
+def _chain_trace(rng: np.random.Generator, drift: float, steps: int = 200) -> dict[str, Any]:
+    t = np.arange(steps)
+    noise = rng.standard_normal((3, steps))
+    return {
+        "u": 5 + noise[0] + drift * t,
+        "nll": 0.5 + 0.1 * noise[1],
+        "probe_loglik": -0.4 + 0.05 * noise[2],
+        "norm.lora_A": 7 + 0.01 * t,
+    }
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """3 MAP seeds (1 sample) and 3 SGLD chains from them (10 kept samples each); the chain of
+    seed 2 drifts (its u grows linearly along the trace)."""
+    root = tmp_path_factory.mktemp("sweep")
+    rng = np.random.default_rng(0)
+    maps, chains = [], []
+    for s in range(3):
+        compute = {**MAP_COMPUTE, "train_seconds": 60.0 + s}
+        p = _probs(rng, 1)
+        maps.append(p)
+        fake_run_folder(
+            root / "map" / f"{s}_tiny_mrpc_map_s{s}", p, LABELS, seed=s, compute=compute
+        )
+        q = _probs(rng, 10)
+        chains.append(q)
+        chain_compute = {"total_grad_evals": 80, "train_seconds": 20.0, "warm_start": compute}
+        fake_run_folder(
+            root / "sgld_T1.0" / f"{s}_tiny_mrpc_sgld_s{s}",
+            q,
+            LABELS,
+            sampler="sgld",
+            seed=s,
+            temperature=1.0,
+            lr=0.1,
+            compute=chain_compute,
+            trace=_chain_trace(rng, drift=0.05 if s == 2 else 0.0),
+        )
+    out = root / "report"
+    report = build_report([root], out_dir=out, plots=False)
+    return {"root": root, "out": out, "report": report, "maps": maps, "chains": chains}
+
+
+def _row(report: dict[str, Any], method: str) -> dict[str, Any]:
+    return next(r for r in report["rows"] if r["method"] == method)
+
+
+def test_rows_of_the_table(sweep: dict[str, Any]) -> None:
+    assert [(r["method"], r["members"]) for r in sweep["report"]["rows"]] == [
+        ("map", 1),
+        ("deep_ensemble", 3),
+        ("sgld", 10),
+        ("sgld pooled (1/chain)", 3),
+        ("sgld pooled (all/chain)", 30),
+    ]
+    sgld = _row(sweep["report"], "sgld")
+    assert sgld["sampler_temperature"] == 1.0 and sgld["step_size"] == 0.1
+    assert _row(sweep["report"], "map")["sampler_temperature"] is None
+
+
+def test_pooling_at_3_and_30_members_averages_the_right_member_rows(
+    sweep: dict[str, Any],
+) -> None:
+    last = np.stack([q[-1] for q in sweep["chains"]])  # the last kept sample of each chain
+    every = np.concatenate(sweep["chains"])
+    for method, members in (("sgld pooled (1/chain)", last), ("sgld pooled (all/chain)", every)):
+        row = _row(sweep["report"], method)
+        want = ensemble_metrics(members, LABELS, "f1_accuracy")
+        for key in ("acc", "nll", "ece", "brier", "f1"):
+            assert row[f"{key}_mean"] == pytest.approx(want[key], abs=1e-6), (method, key)
+    de = _row(sweep["report"], "deep_ensemble")
+    want = ensemble_metrics(np.concatenate(sweep["maps"]), LABELS, "f1_accuracy")
+    assert de["nll_mean"] == pytest.approx(want["nll"], abs=1e-6)
+
+
+def test_cis_are_paired_percentiles_over_the_same_resamples(sweep: dict[str, Any]) -> None:
+    idx = bootstrap_indices(N, 1000, 0)
+    pooled = np.concatenate(sweep["chains"]).astype(np.float32).astype(np.float64).mean(axis=0)
+    reps = replicates(pooled, LABELS, idx, "f1_accuracy")
+    row = _row(sweep["report"], "sgld pooled (all/chain)")
+    for key in ("acc", "nll", "ece", "brier", "f1"):
+        lo, hi = percentile_ci(reps[key])
+        assert (row[f"{key}_ci_low"], row[f"{key}_ci_high"]) == pytest.approx((lo, hi)), key
+        assert lo <= row[f"{key}_mean"] <= hi
+    # a row over seeds: the CI of the seed-mean (each resample averages the seeds' metrics)
+    per_seed = [
+        replicates(p[0].astype(np.float32).astype(np.float64), LABELS, idx)["acc"]
+        for p in sweep["maps"]
+    ]
+    lo, hi = percentile_ci(np.mean(per_seed, axis=0))
+    row = _row(sweep["report"], "map")
+    assert (row["acc_ci_low"], row["acc_ci_high"]) == pytest.approx((lo, hi))
+
+
+def test_compute_columns_count_each_map_fit_once_per_seed(sweep: dict[str, Any]) -> None:
+    report = sweep["report"]
+    map_seconds = 60.0 + 61.0 + 62.0
+    assert _row(report, "map")["train_grad_evals"] == 128  # per seed
+    assert _row(report, "sgld")["train_grad_evals"] == 80 + 128  # a chain and its MAP fit
+    de = _row(report, "deep_ensemble")
+    assert (de["train_grad_evals"], de["train_seconds"]) == (3 * 128, map_seconds)
+    for method in ("sgld pooled (1/chain)", "sgld pooled (all/chain)"):
+        row = _row(report, method)
+        assert row["train_grad_evals"] == 3 * 80 + 3 * 128
+        assert row["train_seconds"] == pytest.approx(3 * 20.0 + map_seconds)
+        assert row["warm_starts"] == 3
+
+
+def test_a_warm_start_shared_by_two_chains_counts_once() -> None:
+    fit = {"total_grad_evals": 100, "train_seconds": 10.0}
+    chain = {"total_grad_evals": 40, "train_seconds": 4.0, "warm_start": fit}
+    assert ensemble_cost([chain, chain]) == {
+        "train_grad_evals": 140 + 40,
+        "train_seconds": 18.0,
+        "warm_starts": 1,
+    }
+    other = {**chain, "warm_start": {**fit, "train_seconds": 11.0}}  # another MAP fit
+    assert ensemble_cost([chain, other])["train_grad_evals"] == 2 * 140
+    assert ensemble_cost([chain, {}])["train_grad_evals"] is None  # not recorded: unknown
+
+
+def test_outputs_have_the_ci_and_compute_columns(sweep: dict[str, Any]) -> None:
+    out = sweep["out"]
+    text = (out / "report.md").read_text()
+    assert "## tiny on mrpc" in text and "train grad evals" in text and "[" in text
+    with (out / "report.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    pooled = next(r for r in rows if r["method"] == "sgld pooled (all/chain)")
+    assert float(pooled["members"]) == 30 and float(pooled["train_grad_evals"]) == 624
+    lo, hi = float(pooled["acc_pct_ci_low"]), float(pooled["acc_pct_ci_high"])
+    assert lo <= float(pooled["acc_pct_mean"]) <= hi
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["bootstrap"] == {"resamples": 1000, "seed": 0, "level": 0.95}
+
+
+# ----------------------------------------------------------------------------- chains
+
+
+def test_geweke_flags_a_drifting_trace_and_not_white_noise() -> None:
+    rng = np.random.default_rng(3)
+    noise = within_chain({"u": rng.standard_normal(300)})
+    assert noise["stationary"] is True and abs(noise["summaries"]["u"]["geweke_z"]) < 3
+    assert noise["summaries"]["u"]["ess_bulk"] > 150  # white noise: nearly independent draws
+    drift = within_chain({"u": rng.standard_normal(300) + 0.02 * np.arange(300)})
+    assert drift["stationary"] is False and drift["drifting"] == ["u"]
+    assert drift["summaries"]["u"]["geweke_z"] < -3  # the start lies below the end
+    short = within_chain({"u": rng.standard_normal(20)})
+    assert short["stationary"] is None  # too few steps to check
+
+
+def test_per_chain_table_and_verdict(sweep: dict[str, Any]) -> None:
+    chains = sweep["report"]["chains"]
+    assert [(c["seed"], c["stationary"]) for c in chains] == [(0, True), (1, True), (2, False)]
+    assert chains[2]["drifting"] == ["u"] and set(chains[0]["summaries"]) == {
+        "u",
+        "nll",
+        "probe_loglik",
+    }
+    (verdict,) = sweep["report"]["chain_verdicts"]
+    assert verdict["verdict"].startswith("2/3 chains stationary at T=1")
+    assert "drifting: seed 2 (u)" in verdict["verdict"]
+    text = (sweep["out"] / "report.md").read_text()
+    assert "within-chain diagnostics" in text and "**NO**" in text and "2/3 chains" in text
+    with (sweep["out"] / "chains.csv").open() as fh:
+        assert len(list(csv.DictReader(fh))) == 3
+
+
+def test_config_verdict_without_traces() -> None:
+    assert config_verdict([]) == "no per-step traces"
+
+
+# ----------------------------------------------------------------------------- temperature
+
+
+def test_temperature_scaled_evaluations_become_rows(sweep: dict[str, Any], tmp_path: Path) -> None:
+    root = sweep["root"]
+    runs = sorted((root / "map").glob("*_map_s*"))
+    scaled = []
+    for s, run in enumerate(runs):
+        t = 1.5 + 0.1 * s
+        p = sweep["maps"][s][0] ** (1 / t)
+        p = p / p.sum(axis=1, keepdims=True)
+        scaled.append(p)
+        _calibrated_eval(run / "evaluation_temperature", [run], sweep["maps"][s], p, t)
+    pooled = np.concatenate(sweep["maps"]).mean(axis=0) ** (1 / 1.2)
+    pooled = pooled / pooled.sum(axis=1, keepdims=True)
+    _calibrated_eval(
+        root / "map" / "evaluation_deep_ensemble_t",
+        runs,
+        np.concatenate(sweep["maps"]),
+        pooled,
+        1.2,
+    )
+    report = build_report([root], out_dir=tmp_path, plots=False)
+    methods = [r["method"] for r in report["rows"]]
+    assert methods[:4] == [
+        "map",
+        "map + temperature",
+        "deep_ensemble",
+        "deep_ensemble + temperature",
+    ]
+    row = _row(report, "map + temperature")
+    want = [classification_metrics(p, LABELS, "f1_accuracy")["nll"] for p in scaled]
+    assert row["nll_mean"] == pytest.approx(np.mean(want)) and row["n"] == 3
+    assert row["scaling_temperature"] == pytest.approx(1.6) and row["eval_seconds"] == 2.0
+    de = _row(report, "deep_ensemble + temperature")
+    assert de["members"] == 3 and de["scaling_temperature"] == 1.2
+    assert de["nll_mean"] == pytest.approx(classification_metrics(pooled, LABELS)["nll"])
+    assert de["train_grad_evals"] == 3 * 128
+    assert de["nll_ci_low"] <= de["nll_mean"] <= de["nll_ci_high"]
+
+
+def _calibrated_eval(
+    folder: Path, runs: list[Path], members: np.ndarray, calibrated: np.ndarray, t: float
+) -> None:
+    """What ``evaluate ... calibrate=temperature`` writes, reduced to what the report reads."""
+    extra = {"calibrated_predictions": calibrated.astype(np.float32)}
+    save_predictions(folder / "predictions.safetensors", members, LABELS, extra)
+    metrics = classification_metrics(calibrated, LABELS, "f1_accuracy")
+    write_json(
+        folder / METRICS_FILE,
+        {
+            "kind": "map" if len(runs) == 1 else "deep_ensemble",
+            "split": "test",
+            "mc_dropout": 0,
+            "num_members": int(members.shape[0]),
+            "runs": [{"run_dir": str(r)} for r in runs],
+            "compute": {"eval_seconds": 2.0},
+            "calibration": {"method": "temperature", "temperature": t, "ensemble": metrics},
+        },
+    )
