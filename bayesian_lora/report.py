@@ -105,7 +105,11 @@ def _by_task(items: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], list[M
     return out
 
 
-def run_notes(folders: Sequence[str | Path], runs: Sequence[SweepRun]) -> list[str]:
+def run_notes(
+    folders: Sequence[str | Path],
+    runs: Sequence[SweepRun],
+    rows: Sequence[Mapping[str, Any]] = (),
+) -> list[str]:
     """Skipped (unfinished) run folders and the OOD tasks behind the AUROC columns."""
     notes = []
     unfinished = unfinished_run_folders(folders)
@@ -114,7 +118,10 @@ def run_notes(folders: Sequence[str | Path], runs: Sequence[SweepRun]) -> list[s
             f"skipped {len(unfinished)} run folder(s) without {METRICS_FILE} (unfinished, or "
             f"trained with evaluate_on_fit_end=false): {', '.join(p.name for p in unfinished)}"
         )
-    ood_tasks = sorted({str(r.metrics["ood_task"]) for r in runs if "ood_task" in r.metrics})
+    ood_tasks = sorted(
+        {str(r.metrics["ood_task"]) for r in runs if "ood_task" in r.metrics}
+        | {str(r["ood_task"]) for r in rows if "ood_task" in r}
+    )
     if ood_tasks:
         notes.append(f"OOD AUROCs are against the test inputs of: {', '.join(ood_tasks)}")
     return notes
@@ -139,7 +146,7 @@ def build_report(
     boot = bootstrap or Bootstrap()
     ctx = RowContext(boot, find_eval_folders(folders, runs), tuple(pooled_per_chain))
     rows, notes = table_rows(groups, ctx)
-    notes += run_notes(folders, runs)
+    notes += run_notes(folders, runs, rows)
     thresholds = (rhat_threshold, ess_threshold, stationarity_z)
     diags = [d for g in groups if (d := group_diagnostics(g, probes, *thresholds))]
     chains, verdicts = per_chain(groups, trace_summaries, stationarity_z)

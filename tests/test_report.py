@@ -298,7 +298,9 @@ def test_temperature_scaled_evaluations_of_the_real_evaluate_become_rows(
         compose_eval([f"run_dir={copy / MAP_RUNS[0]}", "calibrate=temperature", "plots=false"])
     )
     pooled = evaluate(
-        compose_eval([f"run_dirs=[{copy}/*_map_*]", "calibrate=temperature", "plots=false"])
+        compose_eval(
+            [f"run_dirs=[{copy}/*_map_*]", "calibrate=temperature", "ood=sst2", "plots=false"]
+        )
     )
     out = build_report([copy], out_dir=tmp_path / "out", plots=False)
     methods = [r["method"] for r in out["rows"]]
@@ -316,3 +318,10 @@ def test_temperature_scaled_evaluations_of_the_real_evaluate_become_rows(
     assert de["members"] == 2 and de["eval_seconds"] == pooled["compute"]["eval_seconds"]
     assert de["ece_mean"] == pytest.approx(pooled["calibration"]["ensemble"]["ece"])
     assert de["ece_ci_low"] <= de["ece_mean"] <= de["ece_ci_high"]
+    # the OOD AUROCs of the pooled evaluation land in the ensemble rows (not added by hand)
+    plain = _row(out, "deep_ensemble")
+    assert plain["ood_auroc_mi_mean"] == pytest.approx(pooled["ood"]["mutual_information"]["auroc"])
+    assert de["ood_auroc_entropy_mean"] == pytest.approx(
+        pooled["calibration"]["ood_entropy"]["auroc"]
+    )
+    assert any("sst2" in n for n in out["notes"])

@@ -226,7 +226,9 @@ def _ensemble_row(
     row["eval_seconds"] = _eval_seconds(plain[:1])
     for e in plain:
         if e.result.get("ood"):
-            row.update(ood_columns(e.result["ood"]))
+            ood = ood_columns(e.result["ood"])
+            _metrics(row, ood)
+            row["ood_task"] = ood["ood_task"]
             break
     row.update(_ci(ctx, group, [preds.astype(np.float64).mean(axis=0)], labels, method))
     return row

@@ -36,7 +36,7 @@ CONFIG_COLUMNS: tuple[tuple[str, str, str], ...] = (
 )
 COMPUTE_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("train grad evals", "train_grad_evals", ",.0f"),
-    ("train s", "train_seconds", ",.0f"),
+    ("train s", "train_seconds", ",.1f"),
     ("eval s", "eval_seconds", ",.1f"),
     ("scaling T", "scaling_temperature", ".3f"),
 )
