@@ -44,6 +44,7 @@ from bayesian_lora.evaluation.write import (
 )
 from bayesian_lora.reporting.bootstrap import Bootstrap
 from bayesian_lora.reporting.chain_checks import (
+    TRACE_FROM,
     TRACE_SUMMARIES,
     chain_rows,
     config_verdict,
@@ -82,6 +83,10 @@ __all__ = [
     "run_report",
 ]
 
+TRACE_PART = {
+    "start": "every burn-in and sampling step",
+    "first_kept": "from its first kept sample on",
+}
 HOW_TO_READ = (
     "Rows per task: each configuration over seeds (mean ± sd, ddof=1; `n` = seeds), the deep "
     "ensemble of the MAP seeds, each sampler config's chains pooled at k samples per chain "
@@ -138,6 +143,7 @@ def build_report(
     bootstrap: Bootstrap | None = None,
     pooled_per_chain: Sequence[int | None] = (1, None),
     trace_summaries: Sequence[str] = TRACE_SUMMARIES,
+    trace_from: str = "start",
 ) -> dict[str, Any]:
     """Find, aggregate and write; returns the report as a dict (also in ``report.json``)."""
     runs = [load_run(p) for p in find_run_folders(folders)]
@@ -149,7 +155,7 @@ def build_report(
     notes += run_notes(folders, runs, rows)
     thresholds = (rhat_threshold, ess_threshold, stationarity_z)
     diags = [d for g in groups if (d := group_diagnostics(g, probes, *thresholds))]
-    chains, verdicts = per_chain(groups, trace_summaries, stationarity_z)
+    chains, verdicts = per_chain(groups, trace_summaries, stationarity_z, trace_from)
     out_dir.mkdir(parents=True, exist_ok=True)
     for d in diags:  # each sampler group's chains as an ArviZ InferenceData (netCDF)
         d["inference_data"] = write_diagnostics_data(out_dir, d, _diag_prefix(d))
@@ -162,6 +168,7 @@ def build_report(
         "chains": chains,
         "chain_verdicts": verdicts,
         "trace_summaries": list(trace_summaries),
+        "trace_from": trace_from,
         "diagnostics": [public(d) for d in diags],
         "notes": notes,
         "plots": [p.name for p in figures],
@@ -171,12 +178,12 @@ def build_report(
 
 
 def per_chain(
-    groups: Sequence[Group], names: Sequence[str], stationarity_z: float
+    groups: Sequence[Group], names: Sequence[str], stationarity_z: float, trace_from: str
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Every chain's within-chain diagnostics, and one verdict per sampler config."""
     chains, verdicts = [], []
     for g in groups:
-        rows = chain_rows(g, names, stationarity_z)
+        rows = chain_rows(g, names, stationarity_z, trace_from)
         if rows:
             chains += rows
             verdicts.append(
@@ -242,7 +249,8 @@ def markdown_report(
         if (model, task) in chains:
             parts += [
                 f"### Chains of {model} on {task}: within-chain diagnostics",
-                "Per-step trace of each chain from its first kept sample on: Geweke z (mean of "
+                f"Per-step trace of each chain ({TRACE_PART[report['trace_from']]}): Geweke z "
+                "(mean of "
                 "the first 10% against the last 50%, autocorrelation-aware standard errors; "
                 f"|z| > {report['chains'][0]['stationarity_z']:g} flags drift) and the chain's "
                 "own bulk ESS, per summary.",
@@ -332,6 +340,14 @@ def _per_chain(values: Any) -> tuple[int | None, ...]:
     return tuple(out)
 
 
+def _trace_from(value: Any) -> str:
+    if str(value) not in TRACE_FROM:
+        raise ConfigError(
+            f"diagnostics.trace_from must be one of {list(TRACE_FROM)}, got {value!r}"
+        )
+    return str(value)
+
+
 def run_report(cfg: DictConfig) -> int:
     """The report of ``cfg`` (conf/report.yaml) written and printed; 0, or 2 on an error."""
     try:
@@ -357,6 +373,7 @@ def run_report(cfg: DictConfig) -> int:
             bootstrap=bootstrap,
             pooled_per_chain=_per_chain(cfg.get("pooled_per_chain", [1, None])),
             trace_summaries=[str(s) for s in diag.get("trace_summaries", TRACE_SUMMARIES)],
+            trace_from=_trace_from(diag.get("trace_from", "start")),
         )
     except (FileNotFoundError, SampleFileError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -156,7 +156,7 @@ def fake_run_folder(
     """A finished run folder without training: ``config.yaml``, samples and manifest (the run
     folder writers), the training-end ``predictions.safetensors`` (``preds`` ``[M, N, C]``) and
     ``metrics.json``, and a ``trace.safetensors`` of the per-step ``trace`` arrays (plus
-    ``step`` and ``kept``: every 10th step from the first, so the whole trace is diagnosed)."""
+    ``step``; ``kept`` unless given: every 10th step from the first)."""
     import numpy as np
     import torch
     from omegaconf import OmegaConf
@@ -186,8 +186,13 @@ def fake_run_folder(
     write_json(folder / METRICS_FILE, {"ensemble": metrics, "num_samples": int(preds.shape[0])})
     if trace is not None:
         n = len(next(iter(trace.values())))
-        tensors = {k: torch.as_tensor(np.asarray(v), dtype=torch.float32) for k, v in trace.items()}
+        tensors = {
+            k: torch.as_tensor(np.asarray(v), dtype=torch.float32)
+            for k, v in trace.items()
+            if k != "kept"
+        }
         tensors["step"] = torch.arange(n, dtype=torch.int64)
-        tensors["kept"] = (torch.arange(n) % 10 == 0).to(torch.uint8)
+        kept = trace.get("kept", np.arange(n) % 10 == 0)
+        tensors["kept"] = torch.as_tensor(np.asarray(kept)).to(torch.uint8)
         save_file(tensors, str(folder / TRACE_FILE), metadata={"format": TRACE_FORMAT})
     return folder

@@ -24,7 +24,8 @@ from bayesian_lora.reporting.bootstrap import (
     percentile_ci,
     replicates,
 )
-from bayesian_lora.reporting.chain_checks import config_verdict, within_chain
+from bayesian_lora.reporting.chain_checks import chain_rows, config_verdict, within_chain
+from bayesian_lora.reporting.discovery import group_runs, load_run
 from tests.helpers import fake_run_folder
 
 N, C = 200, 2
@@ -257,6 +258,27 @@ def test_per_chain_table_and_verdict(sweep: dict[str, Any]) -> None:
     assert "within-chain diagnostics" in text and "**NO**" in text and "2/3 chains" in text
     with (sweep["out"] / "chains.csv").open() as fh:
         assert len(list(csv.DictReader(fh))) == 3
+
+
+def test_the_whole_trace_or_from_the_first_kept_sample(tmp_path: Path) -> None:
+    """A 60-step chain keeping from step 30 on: the whole trace has the 40 steps Geweke needs
+    (and its burn-in transient is flagged); the kept part alone is too short to check."""
+    steps = np.arange(60)
+    u = np.where(steps < 12, 8.0, 5.0) + 0.1 * np.random.default_rng(5).standard_normal(60)
+    trace = {"u": u, "nll": u / 10, "probe_loglik": -u / 10, "kept": steps >= 30}
+    run = fake_run_folder(
+        tmp_path / "0_tiny_mrpc_sgld_s0",
+        _probs(np.random.default_rng(0), 3),
+        LABELS,
+        sampler="sgld",
+        trace=trace,
+    )
+    (group,) = group_runs([load_run(run)])
+    (whole,) = chain_rows(group, trace_from="start")
+    assert whole["n_draws"] == 60 and whole["stationary"] is False and "u" in whole["drifting"]
+    (kept,) = chain_rows(group, trace_from="first_kept")
+    assert kept["n_draws"] == 30 and kept["stationary"] is None
+    assert "1 not checked" in config_verdict([kept])
 
 
 def test_config_verdict_without_traces() -> None:

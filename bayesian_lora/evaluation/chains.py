@@ -150,16 +150,16 @@ def chain_summaries(
     return chains
 
 
-def step_trace(run_dir: str | Path) -> dict[str, np.ndarray] | None:
-    """One run folder's per-step trace (``trace.safetensors``) from its first kept sample on,
-    as float64 arrays (``u``, ``nll``, ``probe_loglik``, ``norm.<group>``); None without a trace
-    or a kept step."""
+def step_trace(run_dir: str | Path, from_first_kept: bool = True) -> dict[str, np.ndarray] | None:
+    """One run folder's per-step trace (``trace.safetensors``) from its first kept sample on
+    (``from_first_kept=False``: every recorded step, burn-in included), as float64 arrays
+    (``u``, ``nll``, ``probe_loglik``, ``norm.<group>``); None without a trace or a kept step."""
     from bayesian_lora.callbacks.trace import load_trace
 
     trace = load_trace(run_dir)
     if not trace or "kept" not in trace or not bool(trace["kept"].any()):
         return None
-    start = int(trace["kept"].nonzero()[0, 0])
+    start = int(trace["kept"].nonzero()[0, 0]) if from_first_kept else 0
     names = [n for n in trace if n not in ("step", "kept")]
     return {n: trace[n][start:].double().numpy() for n in names}
 

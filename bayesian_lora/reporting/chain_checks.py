@@ -3,9 +3,9 @@
 - **Across chains** (:func:`group_diagnostics`, the seeds of a sampler config as chains): R-hat
   and ESS of function-space summaries per kept sample, and of the per-step traces
   (``evaluation.chains``).
-- **Within each chain** (:func:`chain_rows`): the chain's per-step trace (``trace.safetensors``,
-  from its first kept sample on, so the part the kept samples come from) of ``u``, ``nll`` and
-  ``probe_loglik``: Geweke's z of the first 10% against the last 50% (``|z| > stationarity_z``
+- **Within each chain** (:func:`chain_rows`): the chain's per-step trace (``trace.safetensors``:
+  every burn-in and sampling step by default, ``trace_from=first_kept`` for the part the kept
+  samples come from) of ``u``, ``nll`` and ``probe_loglik``: Geweke's z of the first 10% against the last 50% (``|z| > stationarity_z``
   flags a drifting chain; not checked below 40 steps) and the bulk ESS of the one chain (ArviZ,
   split into halves), with :func:`config_verdict` one plain line per sampler config.
 """
@@ -41,6 +41,9 @@ from bayesian_lora.runs import SampleFileError, load_samples
 
 #: The per-step trace summaries diagnosed within each chain (``conf/report.yaml``).
 TRACE_SUMMARIES = ("u", "nll", "probe_loglik")
+#: Which part of the trace: every recorded step (burn-in and sampling), or from the first kept
+#: sample on.
+TRACE_FROM = ("start", "first_kept")
 
 
 # ----------------------------------------------------------------------------- seeds as chains
@@ -119,14 +122,19 @@ def within_chain(
 
 
 def chain_rows(
-    group: Group, names: Sequence[str] = TRACE_SUMMARIES, stationarity_z: float = GEWEKE_Z
+    group: Group,
+    names: Sequence[str] = TRACE_SUMMARIES,
+    stationarity_z: float = GEWEKE_Z,
+    trace_from: str = "start",
 ) -> list[dict[str, Any]]:
     """One record per chain (run) of a sampler group that has a per-step trace."""
+    if trace_from not in TRACE_FROM:
+        raise ValueError(f"trace_from must be one of {TRACE_FROM}, got {trace_from!r}")
     if group.is_map:
         return []
     out = []
     for run in group.runs:
-        trace = step_trace(run.path)
+        trace = step_trace(run.path, from_first_kept=trace_from == "first_kept")
         if trace is None:
             continue
         d = within_chain(trace, names, stationarity_z)
@@ -138,6 +146,7 @@ def chain_rows(
             run=run.path.name,
             sampler_temperature=run.temperature,
             step_size=run.step_size,
+            trace_from=trace_from,
         )
         out.append(d)
     return out
@@ -178,8 +187,5 @@ def config_verdict(chains: Sequence[Mapping[str, Any]]) -> str:
         text += "; drifting: " + "; ".join(drifting)
     unchecked = len(chains) - len(checked)
     if unchecked:
-        text += (
-            f"; {unchecked} not checked (fewer than {MIN_STATIONARITY_DRAWS} traced steps from "
-            "the first kept sample on)"
-        )
+        text += f"; {unchecked} not checked (fewer than {MIN_STATIONARITY_DRAWS} traced steps)"
     return text
