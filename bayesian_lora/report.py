@@ -99,7 +99,9 @@ HOW_TO_READ = (
     "evaluations / wall seconds of training, summed over the row's runs including the MAP fits "
     "they started from (a MAP fit counted once per seed; single rows: per seed); `eval s` where "
     "an evaluation folder recorded it; `T` and `step size` of the sampler config; `scaling T` "
-    "the fitted temperature. Model selection used validation only; test is looked at here."
+    "the fitted temperature; `Δ ... vs map`: the row minus the task's MAP row with the CI of the "
+    "difference on the same resamples. Model selection used validation only; test is looked "
+    "at here."
 )
 
 
@@ -197,6 +199,24 @@ def per_chain(
     return chains, verdicts
 
 
+def best_rows(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Which row has the lowest NLL and ECE (point estimates), and whether its paired difference
+    to the MAP row excludes zero."""
+    out = []
+    for key, name in (("nll", "NLL"), ("ece", "ECE")):
+        have = [r for r in rows if isinstance(r.get(f"{key}_mean"), float)]
+        if not have:
+            continue
+        best = min(have, key=lambda r: r[f"{key}_mean"])
+        text = f"- Lowest {name}: **{best['method']}** ({best['members']} members)"
+        lo, hi = best.get(f"{key}_delta_ci_low"), best.get(f"{key}_delta_ci_high")
+        if lo is not None and hi is not None:
+            sure = "excludes" if hi < -1e-9 or lo > 1e-9 else "includes"
+            text += f"; its difference to {best['delta_vs']} [{lo:+.4f}, {hi:+.4f}] {sure} 0"
+        out.append(text)
+    return out
+
+
 def _diag_prefix(d: Mapping[str, Any]) -> str:
     return f"{slug(d['model'])}_{slug(d['task'])}_{slug(d['method'])}_"
 
@@ -245,7 +265,7 @@ def markdown_report(
     verdicts = _by_task(report["chain_verdicts"])
     names = report["trace_summaries"]
     for (model, task), sub in _by_task(rows).items():
-        parts += [f"## {model} on {task}", markdown_table(sub)]
+        parts += [f"## {model} on {task}", markdown_table(sub), *best_rows(sub)]
         if (model, task) in chains:
             parts += [
                 f"### Chains of {model} on {task}: within-chain diagnostics",

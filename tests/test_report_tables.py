@@ -187,6 +187,25 @@ def test_cis_are_paired_percentiles_over_the_same_resamples(sweep: dict[str, Any
     assert (row["acc_ci_low"], row["acc_ci_high"]) == pytest.approx((lo, hi))
 
 
+def test_paired_differences_against_the_map_row(sweep: dict[str, Any]) -> None:
+    idx = bootstrap_indices(N, 1000, 0)
+    f32 = [p[0].astype(np.float32).astype(np.float64) for p in sweep["maps"]]
+    map_nll = np.mean([replicates(p, LABELS, idx)["nll"] for p in f32], axis=0)
+    de_probs = np.concatenate(sweep["maps"]).astype(np.float32).astype(np.float64).mean(axis=0)
+    de_nll = replicates(de_probs, LABELS, idx)["nll"]
+    report = sweep["report"]
+    de, ref = _row(report, "deep_ensemble"), _row(report, "map")
+    assert de["delta_vs"] == "map" and "nll_delta_mean" not in ref
+    assert de["nll_delta_mean"] == pytest.approx(de["nll_mean"] - ref["nll_mean"])
+    lo, hi = percentile_ci(de_nll - map_nll)
+    assert (de["nll_delta_ci_low"], de["nll_delta_ci_high"]) == pytest.approx((lo, hi))
+    # paired: the difference's interval is narrower than the two rows' intervals side by side
+    assert hi - lo < (de["nll_ci_high"] - de["nll_ci_low"]) + (
+        ref["nll_ci_high"] - ref["nll_ci_low"]
+    )
+    assert "Δ nll vs map" in (sweep["out"] / "report.md").read_text()
+
+
 def test_compute_columns_count_each_map_fit_once_per_seed(sweep: dict[str, Any]) -> None:
     report = sweep["report"]
     map_seconds = 60.0 + 61.0 + 62.0

@@ -34,10 +34,12 @@ from bayesian_lora.evaluation.members import spaced_indices
 from bayesian_lora.evaluation.metrics import ensemble_metrics
 from bayesian_lora.evaluation.write import PREDICTIONS_FILE, load_predictions
 from bayesian_lora.reporting.bootstrap import (
+    CI_METRICS,
     Bootstrap,
     bootstrap_indices,
     ci_columns,
     mean_replicates,
+    percentile_ci,
     replicates,
 )
 from bayesian_lora.reporting.discovery import (
@@ -77,6 +79,10 @@ class RowContext:
     _preds: dict[Path, dict[str, np.ndarray] | None] = field(default_factory=dict)
     _labels: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
     _idx: dict[int, np.ndarray] = field(default_factory=dict)
+    #: (model, task, method) -> (test-set size, metric -> bootstrap replicates [B])
+    replicates: dict[tuple[str, str, str], tuple[int, dict[str, np.ndarray]]] = field(
+        default_factory=dict
+    )
 
     def predictions(self, path: Path) -> dict[str, np.ndarray] | None:
         """``predictions.safetensors`` of a folder (None, with a note, when unreadable)."""
@@ -128,6 +134,7 @@ def _base(group: Group, method: str, kind: str, runs: Sequence[SweepRun]) -> dic
         "task": group.first.task,
         "n": len(runs),
         "seeds": [r.seed for r in runs],
+        "sampler": group.first.sampler,
         "sampler_temperature": group.first.temperature,
         "step_size": group.first.step_size,
     }
@@ -152,6 +159,7 @@ def _ci(
     ctx.paired(group.first.model, group.first.task, labels, what)
     idx = ctx.indices(len(labels))
     reps = mean_replicates([replicates(p, labels, idx, _task_metric(group)) for p in probs])
+    ctx.replicates[(group.first.model, group.first.task, what)] = (len(labels), reps)
     return ci_columns(reps, ctx.boot.level)
 
 
@@ -178,7 +186,7 @@ def group_row(group: Group, ctx: RowContext | None = None) -> dict[str, Any]:
             row[f"{key}_n"] = len(values)
     arrays = [ctx.predictions(r.path) for r in group.runs]
     members = [int(a["predictions"].shape[0]) for a in arrays if a is not None]
-    row["members"] = _mean(list(map(float, members))) if len(members) == len(arrays) else None
+    row["members"] = _count(members) if len(members) == len(arrays) else None
     row["train_grad_evals"] = _mean([_f(total_grad_evals(r.compute)) for r in group.runs])
     row["train_seconds"] = _mean([total_train_seconds(r.compute) for r in group.runs])
     per_run = [
@@ -196,6 +204,13 @@ def group_row(group: Group, ctx: RowContext | None = None) -> dict[str, Any]:
             probs = [a["predictions"].astype(np.float64).mean(axis=0) for a in ok]
             row.update(_ci(ctx, group, probs, labels, group.label))
     return row
+
+
+def _count(values: Sequence[int]) -> int | float | None:
+    """The members of every seed (an int), or their mean where the seeds differ."""
+    if not values:
+        return None
+    return values[0] if len(set(values)) == 1 else float(np.mean(values))
 
 
 def _f(x: int | None) -> float | None:
@@ -333,7 +348,7 @@ def temperature_single_row(group: Group, ctx: RowContext) -> dict[str, Any] | No
     row["scaling_temperature"] = _mean(
         [float((e.calibration or {})["temperature"]) for _, e in found]
     )
-    row["members"] = _mean([float(e.num_members) for _, e in found])
+    row["members"] = _count([e.num_members for _, e in found])
     row["train_grad_evals"] = _mean([_f(total_grad_evals(r.compute)) for r in runs])
     row["train_seconds"] = _mean([total_train_seconds(r.compute) for r in runs])
     row["eval_seconds"] = _eval_seconds([e for _, e in found])
@@ -407,5 +422,30 @@ def table_rows(
             rows.append(base)
             rows += [r for at, r in scaled if at == i]
         rows += [r for at, r in scaled if at is None]
+    paired_deltas(rows, ctx)
     notes += list(dict.fromkeys(ctx.notes))
     return rows, notes
+
+
+def paired_deltas(rows: Sequence[dict[str, Any]], ctx: RowContext) -> None:
+    """Each row minus its task's first MAP row (the single model over seeds), per metric, with
+    the CI of the difference on the same resamples (``<metric>_delta_mean`` / ``_ci_low`` /
+    ``_ci_high``; ``delta_vs`` names the reference)."""
+    refs: dict[tuple[str, str], Mapping[str, Any]] = {}
+    for row in rows:
+        if row.get("kind") == "single" and row.get("sampler") == "map":
+            refs.setdefault((row["model"], row["task"]), row)
+    for row in rows:
+        ref = refs.get((row["model"], row["task"]))
+        if ref is None or ref is row:
+            continue
+        mine = ctx.replicates.get((row["model"], row["task"], row["method"]))
+        theirs = ctx.replicates.get((ref["model"], ref["task"], ref["method"]))
+        if mine is None or theirs is None or mine[0] != theirs[0]:
+            continue  # no CI, or not the same test set: no paired difference
+        row["delta_vs"] = ref["method"]
+        for key in CI_METRICS:
+            if key in mine[1] and key in theirs[1] and f"{key}_mean" in row:
+                row[f"{key}_delta_mean"] = row[f"{key}_mean"] - ref[f"{key}_mean"]
+                lo, hi = percentile_ci(mine[1][key] - theirs[1][key], ctx.boot.level)
+                row[f"{key}_delta_ci_low"], row[f"{key}_delta_ci_high"] = lo, hi

@@ -34,6 +34,11 @@ CONFIG_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("T", "sampler_temperature", "g"),
     ("step size", "step_size", "g"),
 )
+# (column, metric key, scale): paired differences against the task's MAP row.
+DELTA_COLUMNS: tuple[tuple[str, str, float], ...] = (
+    ("Δ nll vs map", "nll", 1.0),
+    ("Δ ece (%) vs map", "ece", 100.0),
+)
 COMPUTE_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("train grad evals", "train_grad_evals", ",.0f"),
     ("train s", "train_seconds", ",.1f"),
@@ -60,6 +65,16 @@ def _cell(row: Mapping[str, Any], key: str, scale: float) -> str:
         text += f" [{format(lo * scale, spec)}, {format(hi * scale, spec)}]"
     n = row.get(f"{key}_n", row["n"])
     return text if n == row["n"] else f"{text} (n={n})"
+
+
+def _delta(row: Mapping[str, Any], key: str, scale: float) -> str:
+    """``+diff [low, high]`` of the row minus the task's MAP row, on the same resamples."""
+    d = row.get(f"{key}_delta_mean")
+    lo, hi = row.get(f"{key}_delta_ci_low"), row.get(f"{key}_delta_ci_high")
+    if not (_finite(d) and _finite(lo) and _finite(hi)):
+        return "–"
+    spec = "+.2f" if scale != 1 else "+.4f"
+    return f"{d * scale:{spec}} [{lo * scale:{spec}}, {hi * scale:{spec}}]"
 
 
 def _plain(value: Any, spec: str) -> str:
@@ -92,6 +107,9 @@ def results_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
         frame[name] = [_plain(r.get(key), spec) for r in rows]
     for name, key, scale in used_columns(rows):
         frame[name] = [_cell(r, key, scale) for r in rows]
+    for name, key, scale in DELTA_COLUMNS:
+        if any(f"{key}_delta_mean" in r for r in rows):
+            frame[name] = [_delta(r, key, scale) for r in rows]
     for name, key, spec in _used(rows, COMPUTE_COLUMNS):
         frame[name] = [_plain(r.get(key), spec) for r in rows]
     return frame
@@ -119,6 +137,10 @@ def csv_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
         unit = "_pct" if scale != 1 else ""
         for stat in ("mean", "std", "ci_low", "ci_high"):
             frame[f"{key}{unit}_{stat}"] = _numbers([r.get(f"{key}_{stat}") for r in rows]) * scale
+        if any(f"{key}_delta_mean" in r for r in rows):
+            for stat in ("mean", "ci_low", "ci_high"):
+                values = [r.get(f"{key}_delta_{stat}") for r in rows]
+                frame[f"{key}{unit}_delta_{stat}"] = _numbers(values) * scale
     return frame
 
 
