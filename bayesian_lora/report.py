@@ -134,6 +134,22 @@ def run_notes(
     return notes
 
 
+def duplicate_seed_notes(groups: Sequence[Group]) -> list[str]:
+    """Configurations holding two runs of one seed (the same run twice, e.g. a copy in another
+    sweep folder): their ensembles and standard deviations count it twice."""
+    notes = []
+    for g in groups:
+        seeds = [r.seed for r in g.runs]
+        for seed in sorted({s for s in seeds if seeds.count(s) > 1}):
+            paths = ", ".join(str(r.path) for r in g.runs if r.seed == seed)
+            notes.append(
+                f"**{g.label}** ({g.first.model}, {g.first.task}) has {seeds.count(seed)} runs "
+                f"of seed {seed} with the same config: {paths}; its rows count them as separate "
+                "seeds (report only the folders you mean, with sweep_dirs=[...])"
+            )
+    return notes
+
+
 def build_report(
     folders: Sequence[str | Path],
     out_dir: Path | None = None,
@@ -154,7 +170,7 @@ def build_report(
     boot = bootstrap or Bootstrap()
     ctx = RowContext(boot, find_eval_folders(folders, runs), tuple(pooled_per_chain))
     rows, notes = table_rows(groups, ctx)
-    notes += run_notes(folders, runs, rows)
+    notes += run_notes(folders, runs, rows) + duplicate_seed_notes(groups)
     thresholds = (rhat_threshold, ess_threshold, stationarity_z)
     diags = [d for g in groups if (d := group_diagnostics(g, probes, *thresholds))]
     chains, verdicts = per_chain(groups, trace_summaries, stationarity_z, trace_from)

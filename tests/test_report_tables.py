@@ -300,6 +300,15 @@ def test_the_whole_trace_or_from_the_first_kept_sample(tmp_path: Path) -> None:
     assert "1 not checked" in config_verdict([kept])
 
 
+def test_the_same_seed_twice_in_one_config_is_noted(sweep: dict[str, Any], tmp_path: Path) -> None:
+    root = sweep["root"]
+    copy = tmp_path / "copy" / "0_tiny_mrpc_map_s0"
+    fake_run_folder(copy, sweep["maps"][0], LABELS, seed=0, compute=MAP_COMPUTE)
+    report = build_report([root, tmp_path / "copy"], out_dir=tmp_path / "out", plots=False)
+    assert _row(report, "map")["seeds"] == [0, 0, 1, 2]
+    assert any("2 runs of seed 0" in n for n in report["notes"])
+
+
 def test_config_verdict_without_traces() -> None:
     assert config_verdict([]) == "no per-step traces"
 
