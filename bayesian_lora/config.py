@@ -227,8 +227,21 @@ def build_module(
     counts = parameter_counts(model)
     log.info(format_parameter_counts(counts))  # Hydra's console handler prints it too
     s = cfg.sampler
-    factory = None
-    if plan is not None:
+    factory: Any = None
+    objective = None
+    prior = build_prior_for(cfg, model)
+    if plan is not None and sampler_algorithm(cfg) == "blob":  # VI: AdamW on the negative ELBO
+        import torch
+
+        from bayesian_lora.methods.blob import build_objective
+        from bayesian_lora.models.lora import sampled_parameters
+
+        seed = int(cfg.seed) + int(s.seed_offset)
+        trained = sampled_parameters(model)
+        objective = build_objective(prior, trained, s.blob, float(s.temperature), seed)
+        factory = partial(torch.optim.AdamW, lr=float(s.lr), weight_decay=0.0)
+        adamw = AdamWSettings(lr=float(s.warmup.lr))
+    elif plan is not None:
         cls = SAMPLERS[sampler_algorithm(cfg)]
         factory = partial(
             cls,
@@ -247,7 +260,6 @@ def build_module(
         warnings.warn(
             "grad_clip is set: clipping gradients during sampling biases the chain", stacklevel=2
         )
-    prior = build_prior_for(cfg, model)
     steps_per_epoch = len(datamodule.train_dataloader())
     max_steps = cfg.trainer.get("max_steps") or -1
     total_map = max_steps if max_steps > 0 else steps_per_epoch * int(cfg.trainer.max_epochs)
@@ -265,6 +277,7 @@ def build_module(
         grad_clip=cfg.grad_clip,
         divergence_backoff=cfg.get("divergence_backoff"),
         divergence_retries=int(cfg.get("divergence_retries", 3)),
+        objective=objective,
     )
     if plan is not None and s.warmup.get("from_run"):
         run = from_run_folder(cfg)
@@ -480,11 +493,24 @@ def build_trainer(
 def build_collector(
     cfg: DictConfig, run: RunFolder, plan: ChainPlan, manifest: Manifest
 ) -> SampleCollector:
-    """What a chain keeps at its kept steps: the iterates, or SWAG's moments (``sampler.swag``)."""
+    """What a chain keeps at its kept steps: the iterates, SWAG's moments (``sampler.swag``),
+    or BLoB's q snapshots (``sampler.blob``)."""
     from bayesian_lora.callbacks.sample_collector import SampleCollector
     from bayesian_lora.methods.swag import SWAGCollector
 
     flush_every = int(cfg.callbacks.samples.flush_every)
+    blob = cfg.sampler.get("blob")
+    if blob is not None:
+        from bayesian_lora.methods.blob import BLoBCollector
+
+        return BLoBCollector(
+            run.path,
+            plan,
+            manifest,
+            num_draws=int(blob.num_draws),
+            draw_seed=int(cfg.seed) + int(blob.draw_seed),
+            flush_every=flush_every,
+        )
     swag = cfg.sampler.get("swag")
     if swag is None:
         return SampleCollector(run, plan, manifest, flush_every=flush_every)

@@ -283,6 +283,18 @@ SWAG_RULES: list[Rule] = [
     ("sampler.swag.draw_seed", _int(0)),
 ]
 
+#: sampler=blob (algorithm blob with a ``blob`` block, see bayesian_lora/methods/blob.py)
+BLOB_KEYS = ("num_draws", "draw_seed", "init_std_fraction", "rho_lr_scale")
+BLOB_RULES: list[Rule] = [
+    ("sampler.blob.num_draws", _note(_int(1), "draws of LoRA A in the sample stack")),
+    ("sampler.blob.draw_seed", _int(0)),
+    (
+        "sampler.blob.init_std_fraction",
+        _note(POSITIVE, "the initial std of q as a fraction of the prior's sigma_A"),
+    ),
+    ("sampler.blob.rho_lr_scale", _note(POSITIVE, "rho's step size / sampler.lr")),
+]
+
 MAP_RULES: list[Rule] = [
     ("sampler.lr", _note(POSITIVE, "AdamW learning rate")),
     ("sampler.weight_decay", NON_NEGATIVE),
@@ -435,7 +447,7 @@ def schema_keys(cfg: DictConfig) -> set[str]:
     """Every key this config's run reads (the rows of the tables that apply to it)."""
     keys = {k for k, _ in COMMON_RULES}
     keys |= {f"model.lora.{k}" for k in LORA_KEYS} | {f"trainer.{k}" for k in TRAINER_KEYS}
-    keys |= {"sampler.name", "sampler.hparams", "sampler.swag", "prior"}
+    keys |= {"sampler.name", "sampler.hparams", "sampler.swag", "sampler.blob", "prior"}
     name, algorithm = _get(cfg, "sampler.name"), _get(cfg, "sampler.algorithm")
     if name == "map" or (algorithm in (None, _MISSING) and name not in HYPERPARAMETERS):
         keys |= {k for k, _ in MAP_RULES}  # MAP, or an unknown sampler name (refused itself)
@@ -477,8 +489,10 @@ def _check_unknown_keys(cfg: DictConfig, errors: list[str]) -> None:
     for key in _leaves(container):
         if key in known or any(key == f or key.startswith(f"{f}.") for f in FREE_SUBTREES):
             continue
-        if key.startswith(("sampler.hparams.", "sampler.schedule.", "sampler.swag.", "prior.")):
-            continue  # checked per algorithm, per schedule, for SWAG and the prior group
+        if key.startswith(
+            ("sampler.hparams.", "sampler.schedule.", "sampler.swag.", "sampler.blob.", "prior.")
+        ):
+            continue  # checked per algorithm, per schedule, for SWAG, BLoB and the prior group
         if any(k.startswith(f"{key}.") for k in known) and _get(cfg, key) in ({}, None):
             continue  # an empty node of the schema
         value = _show(OmegaConf.select(cfg, key, default=_MISSING))
@@ -641,8 +655,11 @@ def _check_unknown(
     node = node if isinstance(node, dict) else {}
     listed = ", ".join(accepted) if accepted else "none"
     for name in sorted(set(node) - set(accepted)):
+        near = nearest_key(name, list(accepted))
+        hint = f" (did you mean {key}.{near}?)" if near else ""
         errors.append(
-            f"{key}.{name}={node[name]!r} is not allowed: unknown key; keys of {what}: {listed}"
+            f"{key}.{name}={node[name]!r} is not allowed: unknown key{hint}; keys of {what}: "
+            f"{listed}"
         )
     return [name for name in accepted if name in node]
 
@@ -758,6 +775,15 @@ def _check_chain(cfg: DictConfig, errors: list[str]) -> None:
             cfg, "sampler.swag", ("rank", "num_draws", "draw_seed"), "sampler.swag", errors
         )
         _apply(cfg, SWAG_RULES, errors)
+    blob = _get(cfg, "sampler.blob")
+    if (algorithm == "blob") != (blob not in (_MISSING, None)):
+        errors.append(
+            f"sampler.blob={_show(blob)} is not allowed: the settings of sampler=blob, given "
+            f"exactly when sampler.algorithm is blob (here {algorithm})"
+        )
+    elif algorithm == "blob":
+        _check_unknown(cfg, "sampler.blob", BLOB_KEYS, "sampler.blob", errors)
+        _apply(cfg, BLOB_RULES, errors)
     _check_schedule(cfg, errors)
     if len(errors) == before:
         _check_steps(cfg, errors)

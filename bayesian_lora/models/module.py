@@ -9,12 +9,20 @@ Gaussian prior N(0, sigma_t^2) on each trained tensor t (sigmas per group, see
 :mod:`bayesian_lora.models.prior`) and N the number of training examples. MAP is AdamW on u;
 samplers consume u through their ``step(closure)`` and move only the sampled groups
 (``prior.sampled``); held groups stay at their warm-start value.
+
+A training method that minimises something other than u after the warm start (BLoB's negative
+ELBO, :mod:`bayesian_lora.methods.blob`) plugs in as the ``objective`` hook: a module with
+``loss(module, batch) -> (loss, mean NLL)`` used in the burn-in and sampling phases instead of u,
+and ``param_groups(params)`` giving the sampler-phase optimizer its parameter groups (the moved
+parameters plus the objective's own; a group's ``lr_scale`` multiplies the step size). The
+objective's parameters and state travel in the checkpoints.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -73,7 +81,8 @@ class BayesianLoRAModule(L.LightningModule):
     ``sampler_factory`` builds the SG-MCMC optimizer from the sampled parameters (``None`` for
     MAP). ``prior`` gives each trained tensor's sigma and which groups are sampled (default:
     N(0, 1) on everything, all sampled). ``plan`` says which global steps are warm-up (AdamW), burn-in and kept samples;
-    ``total_map_steps`` sizes the AdamW schedule of a pure MAP run.
+    ``total_map_steps`` sizes the AdamW schedule of a pure MAP run. ``objective`` replaces u in
+    the sampler phases (see the module docstring; BLoB).
     """
 
     def __init__(
@@ -91,6 +100,7 @@ class BayesianLoRAModule(L.LightningModule):
         grad_clip: float | None = None,
         divergence_backoff: float | None = None,
         divergence_retries: int = 3,
+        objective: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -122,6 +132,8 @@ class BayesianLoRAModule(L.LightningModule):
         self._inv_var = self.prior.inverse_variances(list(trained))
         self._held_frozen = False
         self.last_stats: dict[str, Tensor] | None = None
+        self.objective = objective  # the sampler phases' loss instead of u (None: u)
+        self._prior_masks: dict[frozenset[str], Tensor] = {}
         self.compute = ComputeMeter()  # steps, gradient evaluations, wall time (manifest)
         self.val_metrics: ClassificationMetrics | RegressionMetrics = (
             RegressionMetrics(self.obs_std)
@@ -143,9 +155,16 @@ class BayesianLoRAModule(L.LightningModule):
         """The parameters the SG-MCMC sampler moves (the groups in ``prior.sampled``)."""
         return self._moved
 
-    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+    def forward(
+        self, batch: dict[str, Tensor], overrides: dict[str, Tensor] | None = None
+    ) -> Tensor:
+        """Outputs on ``batch``; ``overrides`` (name -> tensor) replace trained parameters for
+        this call only (``torch.func.functional_call``; gradients flow into them)."""
         inputs = {k: v for k, v in batch.items() if k != "labels"}
-        logits = self.model(**inputs).logits
+        if overrides:
+            logits = torch.func.functional_call(self.model, overrides, (), inputs).logits
+        else:
+            logits = self.model(**inputs).logits
         return logits.squeeze(-1) if self.task.is_regression else logits
 
     def per_example_nll(self, outputs: Tensor, labels: Tensor) -> Tensor:
@@ -153,20 +172,45 @@ class BayesianLoRAModule(L.LightningModule):
             return gaussian_nll(outputs.float(), labels.float(), self.obs_std)
         return nn.functional.cross_entropy(outputs.float(), labels, reduction="none")
 
-    def prior_term(self) -> Tensor:
+    def prior_term(self, skip: Collection[str] = ()) -> Tensor:
         """sum_t ||theta_t||^2 / (2 sigma_t^2 N): the prior's share of one datum's potential.
 
-        Over every trained tensor; the held-fixed ones add a constant during sampling."""
+        Over every trained tensor but those named in ``skip`` (an objective that treats them
+        otherwise, e.g. BLoB's KL over A); the held-fixed ones add a constant during sampling."""
         params = list(self.sampled_parameters().values())
         sq = torch.stack([p.float().pow(2).sum() for p in params])
         if self._inv_var.device != sq.device:
             self._inv_var = self._inv_var.to(sq.device)
-        return (sq * self._inv_var).sum() / (2 * self.num_data)
+        weights = self._inv_var
+        if skip:
+            key = frozenset(skip)
+            mask = self._prior_masks.get(key)
+            if mask is None or mask.device != sq.device:
+                keep = [n not in key for n in self.sampled_parameters()]
+                mask = torch.tensor(keep, dtype=sq.dtype, device=sq.device)
+                self._prior_masks[key] = mask
+            weights = weights * mask
+        return (sq * weights).sum() / (2 * self.num_data)
 
     def potential(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """(u, mean NLL) on a mini-batch."""
         nll = self.per_example_nll(self(batch), batch["labels"]).mean()
         return nll + self.prior_term(), nll
+
+    def training_loss(self, batch: dict[str, Tensor], phase: str) -> tuple[Tensor, Tensor]:
+        """(loss, mean NLL) that the step of ``phase`` minimises: u, or the ``objective``'s
+        loss in the sampler phases (burn-in, sampling) when there is one."""
+        if self.objective is not None and phase not in ("map", "warmup"):
+            return cast(tuple[Tensor, Tensor], cast(Any, self.objective).loss(self, batch))
+        return self.potential(batch)
+
+    def sampler_param_groups(self) -> list[Any]:
+        """What the sampler-phase optimizer is built on: the moved parameters, plus the
+        ``objective``'s parameter groups when there is one."""
+        params = list(self.sampler_parameters().values())
+        if self.objective is None:
+            return params
+        return cast(list[Any], cast(Any, self.objective).param_groups(params))
 
     # ----------------------------------------------------------------- optimizers
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
@@ -177,7 +221,7 @@ class BayesianLoRAModule(L.LightningModule):
         factory = self.sampler_factory
         if factory is None:  # MAP (is_map)
             return [adamw]
-        return [adamw, factory(list(self.sampler_parameters().values()))]
+        return [adamw, factory(self.sampler_param_groups())]
 
     def on_train_start(self) -> None:
         self.compute.start()
@@ -210,7 +254,7 @@ class BayesianLoRAModule(L.LightningModule):
         def closure() -> Tensor:
             for p in self.sampled_parameters().values():  # held ones too: no stale gradients
                 p.grad = None
-            u, nll = self.potential(batch)
+            u, nll = self.training_loss(batch, phase)
             self.manual_backward(u)
             self.compute.gradient(phase, batch["labels"].shape[0] * self.trainer.world_size)
             if self.grad_clip is not None:
@@ -239,7 +283,7 @@ class BayesianLoRAModule(L.LightningModule):
             set_dropout(self.model, self.dropout_during_sampling)
         lr *= self.lr_scale
         for group in opt.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         self.completed_step = None
         if self.divergence_backoff is not None:
             self._snapshot()
@@ -276,15 +320,22 @@ class BayesianLoRAModule(L.LightningModule):
             if name not in self._moved:
                 p.requires_grad_(False)
 
+    def _state_parameters(self) -> list[Tensor]:
+        """Every parameter a step changes: the trained ones and the objective's."""
+        params: list[Tensor] = list(self.sampled_parameters().values())
+        if self.objective is not None:
+            params += list(self.objective.parameters())
+        return params
+
     def _finite(self, u: Tensor) -> bool:
         """Check the potential and the parameters (one host sync per step)."""
-        params = list(self.sampled_parameters().values())
+        params = self._state_parameters()
         total = u.detach().float() + torch.stack([p.detach().float().sum() for p in params]).sum()
         return bool(torch.isfinite(total))
 
     def _snapshot(self) -> None:
         """Remember the state before this step's update (its potential is checked by the step)."""
-        params = [p.detach() for p in self.sampled_parameters().values()]
+        params = [p.detach() for p in self._state_parameters()]
         if self._last_good is None:
             self._last_good = [p.clone() for p in params]
         else:
@@ -322,7 +373,7 @@ class BayesianLoRAModule(L.LightningModule):
         self.divergence_retries -= 1
         self.retries_used += 1
         self.lr_scale *= float(self.divergence_backoff)
-        params = [p.data for p in self.sampled_parameters().values()]
+        params = [p.data for p in self._state_parameters()]
         torch._foreach_copy_(params, self._last_good)
         opt.optimizer.state.clear()  # momenta / preconditioners may hold non-finite values
         log.warning(
@@ -352,7 +403,11 @@ class BayesianLoRAModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The frozen base is rebuilt from the model id; storing it would cost 100s of MB.
         names = {f"model.{n}" for n in self.sampled_parameters()}
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in names}
+        checkpoint["state_dict"] = {
+            k: v
+            for k, v in checkpoint["state_dict"].items()
+            if k in names or k.startswith("objective.")  # the objective's parameters and state
+        }
         checkpoint["chain"] = {
             "chain_step": self.chain_step,
             "lr_scale": self.lr_scale,

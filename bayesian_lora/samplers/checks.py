@@ -63,4 +63,5 @@ HYPERPARAMETERS: dict[str, dict[str, Check]] = {
     "sam_sgld_r1": {"rho": non_negative(), "direction_scale": at_least(-1)},
     "sghmc": {"friction": unit_interval_open_left()},
     "sgd": {},  # SWAG's iterates (no noise)
+    "blob": {},  # BLoB's VI: AdamW on the negative ELBO (settings in sampler.blob)
 }
