@@ -101,8 +101,13 @@ BAD = [
     ("data.max_train_samples=0", "data.max_train_samples", "0", "null or an integer >= 1"),
     ("data=stsb data.obs_std=0", "data.obs_std", "0", "a number > 0"),
     # sampler: name, algorithm, common chain keys
-    ("sampler.name=langevin", "sampler.name", "'langevin'", "one of map, asgld, psgld"),
-    ("sampler=csgld sampler.algorithm=sgdm", "sampler.algorithm", "'sgdm'", "one of asgld, psgld"),
+    ("sampler.name=langevin", "sampler.name", "'langevin'", "one of map, asgld, blob, psgld"),
+    (
+        "sampler=csgld sampler.algorithm=sgdm",
+        "sampler.algorithm",
+        "'sgdm'",
+        "one of asgld, blob, psgld",
+    ),
     ("sampler=sgld sampler.lr=0", "sampler.lr", "0", "a number > 0 (step size eta)"),
     (
         "sampler=sgld sampler.temperature=-1",
@@ -203,6 +208,33 @@ BAD = [
         "sampler.max_steps",
         "699",
         "leaves 100 sampling-stage steps per cycle",
+    ),
+    # BLoB (sampler.blob; the nearest key is suggested)
+    ("sampler=blob sampler.blob.num_draws=0", "sampler.blob.num_draws", "0", "an integer >= 1"),
+    (
+        "sampler=blob sampler.blob.init_std_fraction=0",
+        "sampler.blob.init_std_fraction",
+        "0",
+        "a number > 0 (the initial std of q as a fraction of the prior's sigma_A)",
+    ),
+    ("sampler=blob sampler.blob.rho_lr_scale=-1", "sampler.blob.rho_lr_scale", "-1", "> 0"),
+    (
+        "sampler=blob +sampler.blob.num_draw=3",
+        "sampler.blob.num_draw",
+        "3",
+        "unknown key (did you mean sampler.blob.num_draws?); keys of sampler.blob: num_draws,",
+    ),
+    (
+        "sampler=swag +sampler.swag.ranks=3",
+        "sampler.swag.ranks",
+        "3",
+        "unknown key (did you mean sampler.swag.rank?)",
+    ),
+    (
+        "sampler=sgld +sampler.blob.num_draws=3",
+        "sampler.blob",
+        "{'num_draws': 3}",
+        "given exactly when sampler.algorithm is blob (here sgld)",
     ),
     # MAP
     ("+sampler.hparams.foo=1", "sampler.hparams.foo", "1", "keys of sampler map's hparams: none"),
@@ -369,7 +401,9 @@ def test_existing_folders_pass(tmp_path: Path) -> None:
     validate_config(compose_train(["sampler=sgld", f"sampler.warmup.from_run={tmp_path}"]))
 
 
-@pytest.mark.parametrize("chain", ["mrpc_minilm_sgld_cpu", "mrpc_minilm_swag_cpu"])
+@pytest.mark.parametrize(
+    "chain", ["mrpc_minilm_sgld_cpu", "mrpc_minilm_swag_cpu", "mrpc_minilm_blob_cpu"]
+)
 def test_cpu_chain_experiment_has_the_map_experiments_budget_and_seed(chain: str) -> None:
     """README's SGLD-versus-MAP pairing: equal step budgets (MRPC: 3,301 train pairs, batch 32)."""
     from bayesian_lora.config import build_chain_plan

@@ -68,6 +68,7 @@ def test_experiment_smoke_runs_on_the_tiny_model(
     train(cfg)
     _, manifest = load_samples(tmp_path)
     assert manifest["status"] == "complete"
-    swag = manifest["sampler"].get("swag")  # SWAG's stack holds its draws, not its collections
-    expected = 1 if manifest["sampler"]["name"] == "map" else (swag["num_draws"] if swag else 3)
+    # SWAG's and BLoB's stacks hold their draws, not their collections / snapshots
+    drawn = manifest["sampler"].get("swag") or manifest["sampler"].get("blob")
+    expected = 1 if manifest["sampler"]["name"] == "map" else (drawn["num_draws"] if drawn else 3)
     assert manifest["num_samples"] == expected

@@ -34,6 +34,7 @@ def test_sampler_group_lists_every_documented_sampler() -> None:
                 "csgld",
                 "csghmc",
                 "swag",
+                "blob",
             ]
         )
         == SAMPLER_CONFIGS
@@ -71,6 +72,8 @@ def test_every_sampler_keeps_its_samples(
         extra += ["sampler.schedule.cycle_length=8", "sampler.burn_in=0"]
     if sampler == "swag":  # SWAG's sample stack is its end-of-run draws
         extra += ["sampler.swag.num_draws=3", "sampler.swag.rank=2"]
+    if sampler == "blob":  # BLoB's: draws of A from q; B and the head are point estimates
+        extra += ["sampler.blob.num_draws=3"]
     cfg = compose_train(smoke_overrides(synthetic_data_dir, tmp_path, *extra))
     metrics = train(cfg)
     samples, manifest = load_samples(tmp_path)
@@ -78,7 +81,12 @@ def test_every_sampler_keeps_its_samples(
     assert manifest["steps"] == manifest["kept_steps_planned"]
     assert manifest["status"] == "complete"
     head = next(t for n, t in samples.items() if "classifier" in n and n.endswith("weight"))
-    assert not torch.equal(head[0], head[-1]), "the head must move along the chain"
+    if sampler == "blob":
+        assert torch.equal(head[0], head[-1]), "BLoB's head is one point estimate"
+        a = next(t for n, t in samples.items() if "lora_A" in n)
+        assert not torch.equal(a[0], a[-1]), "BLoB's draws of A must differ"
+    else:
+        assert not torch.equal(head[0], head[-1]), "the head must move along the chain"
     assert metrics["ensemble"]["n_samples"] == 3
 
 

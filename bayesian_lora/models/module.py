@@ -252,7 +252,7 @@ class BayesianLoRAModule(L.LightningModule):
         stats: dict[str, Tensor] = {}
 
         def closure() -> Tensor:
-            for p in self.sampled_parameters().values():  # held ones too: no stale gradients
+            for p in self._state_parameters():  # held and objective's too: no stale gradients
                 p.grad = None
             u, nll = self.training_loss(batch, phase)
             self.manual_backward(u)
