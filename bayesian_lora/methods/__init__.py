@@ -13,7 +13,7 @@ draws (see :mod:`bayesian_lora.methods.posterior`). Calibrators act on the predi
 | ``temperature`` | calibration | ``python -m bayesian_lora.evaluate run_dir=... calibrate=temperature`` |
 | ``swag`` | training (SGD iterates) | ``python -m bayesian_lora.train sampler=swag`` |
 | ``laplace`` | post-hoc around a MAP | ``python -m bayesian_lora.laplace run_dir=<MAP run>`` |
-| ``blob`` | training (VI) | not wired into ``train`` yet: :mod:`bayesian_lora.methods.blob` |
+| ``blob`` | training (VI) | ``python -m bayesian_lora.train sampler=blob`` |
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ METHODS: dict[str, MethodInfo] = {
         MethodInfo(
             "blob",
             "training",
-            "(not wired into train yet; bayesian_lora.methods.blob has the family and its loss)",
+            "python -m bayesian_lora.train sampler=blob",
             "mean-field Gaussian over LoRA A, B a point estimate, reparameterised ELBO (BLoB)",
         ),
     )
