@@ -36,11 +36,14 @@ def test_meter_sums_phases_and_resumes_its_clock() -> None:
     assert total_grad_evals({}) is None and total_train_seconds(None) is None
 
 
-@pytest.mark.parametrize(("sampler", "grads_per_step"), [("sgld", 1), ("sam_sgld", 2)])
+@pytest.mark.parametrize(
+    ("sampler", "grads_per_step"), [("sgld", 1), ("sam_sgld", 2), ("swag", 1), ("blob", 1)]
+)
 def test_a_chain_records_its_steps_and_gradients(
     sampler: str, grads_per_step: int, synthetic_data_dir: Path, tmp_path: Path
 ) -> None:
-    train_run(synthetic_data_dir, tmp_path, f"sampler={sampler}", *CHAIN)
+    extra = {"swag": ["sampler.swag.num_draws=3", "sampler.swag.rank=2"]}.get(sampler, [])
+    train_run(synthetic_data_dir, tmp_path, f"sampler={sampler}", *CHAIN, *extra)
     compute = load_samples(tmp_path)[1].compute
     assert compute["steps"] == CHAIN_STEPS
     sampler_grads = grads_per_step * (CHAIN_STEPS["burn_in"] + CHAIN_STEPS["sampling"])

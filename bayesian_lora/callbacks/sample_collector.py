@@ -157,15 +157,19 @@ class SampleCollector(L.Callback):
         n = self.num_kept
         samples = {name: t[:n].to("cpu") for name, t in self.buffer.items()}
         self._hashes = self._hashes[: self._flushed] + row_hashes(samples, range(self._flushed, n))
-        compute = getattr(self._module, "compute", None)
         manifest = self.manifest.replace(
             steps=list(self.steps),
             step_size_scales=list(self.scales),
             status=status,
-            compute=compute.summary() if compute is not None else {},
+            compute=self.compute_summary(),
         )
         self.run.write_samples(samples, manifest)
         self._flushed = n
+
+    def compute_summary(self) -> dict[str, Any]:
+        """The run's compute so far (``bayesian_lora.compute``), for the manifest."""
+        compute = getattr(self._module, "compute", None)
+        return compute.summary() if compute is not None else {}
 
     # ------------------------------------------------------------ resume
     def state_dict(self) -> dict[str, Any]:

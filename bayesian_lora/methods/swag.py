@@ -206,6 +206,7 @@ class SWAGCollector(SampleCollector):
             "steps": list(self.steps),
             "status": status,
             "posterior": posterior,
+            "compute": self.compute_summary(),
         }
         like = cast(Any, self._module).sampled_parameters()
         write_samples(self.run_dir, self.draws(like), manifest)
