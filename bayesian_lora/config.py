@@ -110,7 +110,7 @@ def resolve_resume(cfg: DictConfig, overrides: Sequence[str] = ()) -> tuple[Dict
             f"allowed with resume=: {', '.join(RESUME_SAFE_OVERRIDES)} (to change anything "
             "else, start a new run, e.g. from this one's samples with sampler.warmup.from_run=)"
         )
-    resumed = cast(DictConfig, OmegaConf.load(saved))  # a run's config.yaml is a mapping
+    resumed = upgrade_saved_config(cast(DictConfig, OmegaConf.load(saved)))  # a mapping
     with open_dict(resumed):
         resumed.paths.output_dir = str(run.path)
         resumed.resume = str(run.path)
@@ -125,31 +125,79 @@ def resolve_resume(cfg: DictConfig, overrides: Sequence[str] = ()) -> tuple[Dict
     return resumed, str(ckpt)
 
 
+def upgrade_saved_config(cfg: DictConfig) -> DictConfig:
+    """A run folder's config.yaml written before the datamodule, the update rule and the
+    callbacks were ``_target_`` configs, in today's form (so that ``resume=`` continues it):
+    ``data._target_``, ``sampler.optimizer`` from ``sampler.algorithm`` (else the name), and
+    each callback's settings merged into its shipped object config (``trace.enabled: false``
+    becomes ``trace: null``). A config already in today's form comes back unchanged."""
+    from bayesian_lora.samplers import sampler_target, sampler_targets
+
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        if "data" in cfg and "_target_" not in cfg.data:
+            cfg.data = OmegaConf.merge({"_target_": DATAMODULE_TARGET}, cfg.data)
+        sampler = cfg.get("sampler")
+        registered = set(sampler_targets().values())  # not methods (blob): no update class
+        if (
+            sampler is not None
+            and not is_map(cfg)
+            and "optimizer" not in sampler
+            and sampler_algorithm(cfg) in registered
+        ):
+            sampler.optimizer = {
+                "_target_": sampler_target(sampler_algorithm(cfg)),
+                "_partial_": True,
+            }
+            sampler.pop("algorithm", None)
+        callbacks = cfg.get("callbacks")
+        legacy = callbacks is not None and any(
+            isinstance(node, DictConfig) and "_target_" not in node for node in callbacks.values()
+        )
+        if legacy:
+            shipped = OmegaConf.load(CONFIG_DIR / "callbacks" / "default.yaml")
+            upgraded: dict[str, Any] = {}
+            for name, node in shipped.items():
+                old = callbacks.get(name)
+                if isinstance(old, DictConfig) and "_target_" not in old:
+                    if old.get("enabled") is False:
+                        upgraded[str(name)] = None
+                        continue
+                    settings = {k: v for k, v in old.items() if k != "enabled"}
+                    node = OmegaConf.merge(node, settings)
+                elif name in callbacks:
+                    node = old
+                upgraded[str(name)] = node
+            for name, node in callbacks.items():
+                upgraded.setdefault(str(name), node)
+            cfg.callbacks = upgraded
+    return cfg
+
+
 def is_map(cfg: DictConfig) -> bool:
     return cfg.sampler.name == "map"
 
 
+#: the datamodule of a ``data`` node saved without ``_target_`` (run folders of older versions)
+DATAMODULE_TARGET = "bayesian_lora.data.datamodule.TextClassificationDataModule"
+
+
 def build_datamodule(cfg: DictConfig) -> TextClassificationDataModule:
-    from bayesian_lora.data.datamodule import TextClassificationDataModule
+    """``cfg.data`` (a ``_target_`` config) with what the other groups decide: the model's
+    tokenizer and length, the data and cache folders, the run's seed (the training order)."""
+    from bayesian_lora.instantiate import instantiate_node
     from bayesian_lora.models.lora import ModelSettings, build_tokenizer
 
-    settings = ModelSettings.from_config(cfg.model)
-    d = cfg.data
-    return TextClassificationDataModule(
-        task=d.task,
-        tokenizer=build_tokenizer(settings),
+    datamodule: TextClassificationDataModule = instantiate_node(
+        cfg.data,
+        default_target=DATAMODULE_TARGET,
+        tokenizer=build_tokenizer(ModelSettings.from_config(cfg.model)),
         max_length=int(cfg.model.max_length),
-        batch_size=int(d.batch_size),
-        eval_batch_size=int(d.eval_batch_size),
         data_dir=cfg.paths.data_dir,
-        val_fraction=float(d.val_fraction),
-        split_seed=int(d.split_seed),
-        shuffle_seed=int(cfg.seed),
-        max_train_samples=d.max_train_samples,
-        max_eval_samples=d.max_eval_samples,
-        num_workers=int(d.num_workers),
         cache_dir=cfg.paths.cache_dir,
+        shuffle_seed=int(cfg.seed),
     )
+    return datamodule
 
 
 def world_size(cfg: DictConfig) -> int:
@@ -203,12 +251,21 @@ def build_chain_plan(cfg: DictConfig, steps_per_epoch: int | None = None) -> Cha
 
 
 def sampler_algorithm(cfg: DictConfig) -> str:
+    """The registry name of the run's update rule (``sgld``; ``map`` for MAP): what manifests
+    record. From ``sampler.optimizer._target_``; a config saved before the optimizer was a
+    ``_target_`` names it ``sampler.algorithm`` (else ``sampler.name``)."""
+    from bayesian_lora.samplers import sampler_targets
+
+    target = OmegaConf.select(cfg, "sampler.optimizer._target_", default=None)
+    if target is not None:
+        return sampler_targets()[str(target)]  # validate_config refused any other
     return str(cfg.sampler.get("algorithm") or cfg.sampler.name)
 
 
 def build_module(
     cfg: DictConfig, datamodule: TextClassificationDataModule, plan: ChainPlan | None
 ) -> tuple[BayesianLoRAModule, dict[str, Any]]:
+    from bayesian_lora.instantiate import instantiate_node
     from bayesian_lora.models.lora import (
         ModelSettings,
         build_lora_model,
@@ -216,7 +273,6 @@ def build_module(
         parameter_counts,
     )
     from bayesian_lora.models.module import AdamWSettings, BayesianLoRAModule
-    from bayesian_lora.samplers import SAMPLERS
 
     num_data = datamodule.num_train_examples
     if num_data is None:
@@ -241,15 +297,14 @@ def build_module(
         objective = build_objective(prior, trained, s.blob, float(s.temperature), seed)
         factory = partial(torch.optim.AdamW, lr=float(s.lr), weight_decay=0.0)
         adamw = AdamWSettings(lr=float(s.warmup.lr))
-    elif plan is not None:
-        cls = SAMPLERS[sampler_algorithm(cfg)]
-        factory = partial(
-            cls,
+    elif plan is not None:  # sampler.optimizer is a _partial_: the module passes the parameters
+        factory = instantiate_node(
+            optimizer_config(cfg),
             lr=float(s.lr),
             num_data=num_data,
             temperature=float(s.temperature),
             seed=int(cfg.seed) + int(s.seed_offset),
-            **dict(s.hparams),
+            **s.hparams,
         )
         adamw = AdamWSettings(lr=float(s.warmup.lr))
     else:
@@ -284,6 +339,17 @@ def build_module(
         assert run is not None
         init_from_run(module, run)
     return module, counts
+
+
+def optimizer_config(cfg: DictConfig) -> DictConfig:
+    """``sampler.optimizer``, or for a config saved without one, the ``_partial_`` config of
+    its ``sampler.algorithm`` (else ``sampler.name``)."""
+    from bayesian_lora.samplers import sampler_target
+
+    node = cfg.sampler.get("optimizer")
+    if node is not None:
+        return cast(DictConfig, node)
+    return OmegaConf.create({"_target_": sampler_target(sampler_algorithm(cfg)), "_partial_": True})
 
 
 def build_prior_for(cfg: DictConfig, model: Any) -> GaussianPrior:
@@ -368,11 +434,13 @@ def manifest_for(
 def sampler_record(cfg: DictConfig, sampler: dict[str, Any]) -> dict[str, Any]:
     """The manifest's ``sampler``: the config block (registry names: ``name``, ``algorithm``),
     for MAP without the chain keys that shared configs give every sampler (``debug=smoke``'s
-    burn_in, thin, num_samples, warmup, ...), which mean nothing for a MAP fit."""
-    if is_map(cfg):
-        from bayesian_lora.config_validation import CHAIN_ONLY_SAMPLER_KEYS
+    burn_in, thin, num_samples, warmup, ...), which mean nothing for a MAP fit. The update rule
+    is recorded by its registry name (``algorithm``), not its import path (``optimizer``)."""
+    from bayesian_lora.config_validation import CHAIN_ONLY_SAMPLER_KEYS
 
+    if is_map(cfg):
         sampler = {k: v for k, v in sampler.items() if k not in CHAIN_ONLY_SAMPLER_KEYS}
+    sampler = {k: v for k, v in sampler.items() if k != "optimizer"}  # named by its algorithm
     return {**sampler, "name": cfg.sampler.name, "algorithm": sampler_algorithm(cfg)}
 
 
@@ -432,97 +500,85 @@ def build_trainer(
     manifest: Manifest,
     loggers: list[Any],
 ) -> tuple[L.Trainer, SampleCollector | None]:
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-
-    from bayesian_lora.callbacks.chain_checkpoint import AtomicCheckpointIO, ChainCheckpoint
+    """The trainer with the run's callbacks (:func:`build_callbacks`) and loggers."""
+    from bayesian_lora.callbacks.chain_checkpoint import AtomicCheckpointIO
     from bayesian_lora.callbacks.progress import ChainProgress
-    from bayesian_lora.callbacks.trace import TraceRecorder
-    from bayesian_lora.runs import RunFolder
+    from bayesian_lora.callbacks.sample_collector import SampleCollector
 
-    cb = cfg.callbacks
-    run = RunFolder(run_dir)
-    ckpt_dir = run.checkpoint_dir
+    callbacks = build_callbacks(cfg, run_dir, plan, manifest)
     overrides: dict[str, Any] = {"logger": loggers or False, "plugins": [AtomicCheckpointIO()]}
-    collector = None
-    if plan is None:
-        callbacks: list[Any] = [
-            ModelCheckpoint(
-                dirpath=ckpt_dir,
-                filename="best",
-                monitor=cb.early_stopping.monitor,
-                mode=cb.early_stopping.mode,
-                save_top_k=1,
-                save_last=False,
-            ),
-            EarlyStopping(
-                monitor=cb.early_stopping.monitor,
-                mode=cb.early_stopping.mode,
-                patience=int(cb.early_stopping.patience),
-            ),
-        ]
-    else:
-        collector = build_collector(cfg, run, plan, manifest)
-        callbacks = [
-            collector,
-            ChainCheckpoint(run.last_checkpoint, int(cb.checkpoint.every_n_train_steps)),
-        ]
-        if cfg.trainer.get("enable_progress_bar", True):
-            # A chain has no epochs: its own status line replaces Lightning's epoch bar.
-            progress = cb.get("progress") or {}
-            every = int(progress.get("every_n_steps", 20))
-            callbacks.append(ChainProgress(plan, str(cfg.sampler.name), every_n_steps=every))
-            overrides["enable_progress_bar"] = False
-        trace = cb.get("trace")
-        if trace is not None and trace.enabled:
-            callbacks.append(
-                TraceRecorder(
-                    run_dir,
-                    plan,
-                    probe_size=int(trace.probe_size),
-                    flush_every_steps=int(trace.flush_every_steps),
-                )
-            )
+    collectors = [c for c in callbacks if isinstance(c, SampleCollector)]
+    if plan is not None and len(collectors) != 1:
+        raise RuntimeError(
+            f"a chain needs exactly one sample collector (callbacks.samples), found "
+            f"{len(collectors)}"
+        )
+    if any(isinstance(c, ChainProgress) for c in callbacks):
+        overrides["enable_progress_bar"] = False  # a chain has no epochs: its own status line
+    if plan is not None:
         # The module stops the run after the last kept sample; max_steps is only a backstop
         # (a divergence retry costs an optimizer step that the chain does not count).
         retries = int(cfg.get("divergence_retries", 0)) if cfg.get("divergence_backoff") else 0
         overrides.update(max_steps=plan.total_steps() + retries, max_epochs=-1, min_epochs=0)
     trainer = instantiate(cfg.trainer, callbacks=callbacks, **overrides)
-    return trainer, collector
+    return trainer, collectors[0] if collectors else None
 
 
-def build_collector(
-    cfg: DictConfig, run: RunFolder, plan: ChainPlan, manifest: Manifest
-) -> SampleCollector:
-    """What a chain keeps at its kept steps: the iterates, SWAG's moments (``sampler.swag``),
-    or BLoB's q snapshots (``sampler.blob``)."""
-    from bayesian_lora.callbacks.sample_collector import SampleCollector
-    from bayesian_lora.methods.swag import SWAGCollector
+def build_callbacks(
+    cfg: DictConfig, run_dir: Path, plan: ChainPlan | None, manifest: Manifest
+) -> list[Any]:
+    """One callback per entry of ``cfg.callbacks`` that serves this run (``CALLBACKS`` names
+    the run's own, for MAP or for chains; any other entry serves every run), ``null`` entries
+    left out. ``_partial_`` ones are completed with the run's objects they accept."""
+    from bayesian_lora.config_validation import CALLBACKS
+    from bayesian_lora.instantiate import instantiate_node
+    from bayesian_lora.runs import RunFolder
 
-    flush_every = int(cfg.callbacks.samples.flush_every)
-    blob = cfg.sampler.get("blob")
-    if blob is not None:
-        from bayesian_lora.methods.blob import BLoBCollector
+    run = RunFolder(run_dir)
+    kind = "map" if plan is None else "chain"
+    run_arguments = {
+        "run": run,
+        "run_dir": run.path,
+        "plan": plan,
+        "manifest": manifest,
+        "dirpath": run.checkpoint_dir,
+        "sampler": str(cfg.sampler.name),
+    }
+    callbacks = []
+    for name, node in (cfg.get("callbacks") or {}).items():
+        own = CALLBACKS.get(str(name))
+        if node is None or (own is not None and own.run != kind):
+            continue
+        if name == "progress" and not cfg.trainer.get("enable_progress_bar", True):
+            continue
+        if name == "samples":
+            node = method_collector_config(cfg, node)
+        callbacks.append(instantiate_node(node, run_arguments=run_arguments))
+    return callbacks
 
-        return BLoBCollector(
-            run.path,
-            plan,
-            manifest,
-            num_draws=int(blob.num_draws),
-            draw_seed=int(cfg.seed) + int(blob.draw_seed),
-            flush_every=flush_every,
-        )
-    swag = cfg.sampler.get("swag")
-    if swag is None:
-        return SampleCollector(run, plan, manifest, flush_every=flush_every)
-    return SWAGCollector(
-        run.path,
-        plan,
-        manifest,
-        rank=int(swag.rank),
-        num_draws=int(swag.num_draws),
-        draw_seed=int(cfg.seed) + int(swag.draw_seed),
-        flush_every=flush_every,
-    )
+
+#: methods whose runs keep something else than the iterates: the ``sampler.<block>`` that marks
+#: them -> their collector (it replaces callbacks.samples' class) and the block's keys it takes
+METHOD_COLLECTORS = {
+    "swag": ("bayesian_lora.methods.swag.SWAGCollector", ("rank", "num_draws")),  # moments
+    "blob": ("bayesian_lora.methods.blob.BLoBCollector", ("num_draws",)),  # q snapshots
+}
+
+
+def method_collector_config(cfg: DictConfig, samples: DictConfig) -> DictConfig:
+    """The ``samples`` callback of this run: for sampler=swag or blob (a ``sampler.swag`` or
+    ``sampler.blob`` block) their collector, with the block's settings and the draws' seed
+    (``seed + <block>.draw_seed``, passed here so that config.yaml holds no per-seed value)."""
+    for block, (target, keys) in METHOD_COLLECTORS.items():
+        settings = cfg.sampler.get(block)
+        if settings is None:
+            continue
+        given = {key: int(settings[key]) for key in keys}
+        seed = int(cfg.seed) + int(settings.draw_seed)
+        extra = {"_target_": target, "_partial_": True, **given, "draw_seed": seed}
+        node = OmegaConf.to_container(samples, resolve=True)  # not the struct-flagged node
+        return cast(DictConfig, OmegaConf.merge(cast(dict[str, Any], node), extra))
+    return samples
 
 
 def load_run_config(run_dir: str | Path) -> DictConfig:

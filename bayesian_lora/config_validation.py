@@ -30,6 +30,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from bayesian_lora.data.tasks import TASKS
 from bayesian_lora.errors import InputError
+from bayesian_lora.samplers import sampler_target, sampler_targets
 from bayesian_lora.samplers.checks import HYPERPARAMETERS, _is_int, _is_real
 
 #: (predicate on the value, description of the allowed values)
@@ -190,16 +191,72 @@ COMMON_RULES: list[Rule] = [
     ("paths.data_dir", _note(FOLDER, "the folder that holds the Hub-layout copies")),
     ("paths.output_dir", ANY),  # ${hydra:runtime.output_dir}: set by Hydra
     ("paths.cache_dir", (lambda v: v is None or TEXT[0](v), "null or a folder path")),
-    ("callbacks.early_stopping.monitor", TEXT),
-    ("callbacks.early_stopping.patience", _int(0)),
-    ("callbacks.early_stopping.mode", _one_of(["min", "max"])),
-    ("callbacks.checkpoint.every_n_train_steps", _int(1)),
-    ("callbacks.samples.flush_every", _int(1)),
-    ("callbacks.trace.enabled", _optional(FLAG)),
-    ("callbacks.trace.probe_size", _optional(_int(0))),
-    ("callbacks.trace.flush_every_steps", _optional(_int(1))),
-    ("callbacks.progress.every_n_steps", _int(1)),
+    ("data._target_", TEXT),  # the datamodule class (train passes tokenizer, paths, seed)
 ]
+
+
+class Callback(NamedTuple):
+    """A callback of the run's own (``conf/callbacks/default.yaml``)."""
+
+    target: str  # its shipped class; with another _target_ its keys are that class's (free)
+    keys: tuple[str, ...]  # the keys a config may set (train passes the run's objects)
+    run: str  # the runs it serves: "map" or "chain"
+    rules: tuple[Rule, ...] = ()  # checks of its values (key relative to the callback)
+
+
+_MODE = _one_of(["min", "max"])
+#: callback name -> what it is; a ``callbacks.<name>`` of another name is a callback of the
+#: user's (``+callbacks.<name>._target_=<class>``): Hydra instantiates it for every run and its
+#: class checks its arguments. The Lightning ones list their classes' arguments (a test compares
+#: them with ``inspect.signature``), but for ``dirpath``, the run folder's ``checkpoints/``.
+CALLBACKS: dict[str, Callback] = {
+    "early_stopping": Callback(
+        "lightning.pytorch.callbacks.EarlyStopping",
+        (
+            *("monitor", "min_delta", "patience", "verbose", "mode", "strict", "check_finite"),
+            *("stopping_threshold", "divergence_threshold", "check_on_train_epoch_end"),
+            "log_rank_zero_only",
+        ),
+        "map",
+        (("monitor", TEXT), ("patience", _int(0)), ("mode", _MODE)),
+    ),
+    "best_checkpoint": Callback(
+        "lightning.pytorch.callbacks.ModelCheckpoint",
+        (
+            *("filename", "monitor", "verbose", "save_last", "save_top_k", "save_on_exception"),
+            *("save_weights_only", "mode", "auto_insert_metric_name", "every_n_train_steps"),
+            *("train_time_interval", "every_n_epochs", "save_on_train_epoch_end"),
+            "enable_version_counter",
+        ),
+        "map",
+        (("monitor", TEXT), ("mode", _MODE), ("save_top_k", _int(1))),
+    ),
+    "checkpoint": Callback(
+        "bayesian_lora.callbacks.chain_checkpoint.ChainCheckpoint",
+        ("every_n_train_steps",),
+        "chain",
+        (("every_n_train_steps", _int(1)),),
+    ),
+    "samples": Callback(
+        "bayesian_lora.callbacks.sample_collector.SampleCollector",
+        ("flush_every",),
+        "chain",
+        (("flush_every", _int(1)),),
+    ),
+    "trace": Callback(
+        "bayesian_lora.callbacks.trace.TraceRecorder",
+        ("probe_size", "flush_every_steps"),
+        "chain",
+        (("probe_size", _int(0)), ("flush_every_steps", _int(1))),
+    ),
+    "progress": Callback(
+        "bayesian_lora.callbacks.progress.ChainProgress",
+        ("every_n_steps",),
+        "chain",
+        (("every_n_steps", _int(1)),),
+    ),
+}
+_CALLBACK_EXAMPLE = "lightning.pytorch.callbacks.LearningRateMonitor"
 
 LORA_KEYS = ("r", "alpha", "dropout", "target_modules", "modules_to_save")
 
@@ -244,7 +301,12 @@ TRAINER_KEYS = (
 #: Keys that look right but are set elsewhere: key -> what to use instead.
 NOT_HERE = {
     "trainer.logger": "loggers are the logger group: logger=csv|tensorboard|wandb|many|none",
-    "trainer.callbacks": "train builds the callbacks from callbacks.*",
+    "trainer.callbacks": (
+        f"train builds the callbacks from callbacks.*: add one with "
+        f"+callbacks.<name>._target_=<class> (e.g. {_CALLBACK_EXAMPLE})"
+    ),
+    "callbacks.trace.enabled": "turn a callback off with callbacks.trace=null (or ~callbacks.trace)",
+    "callbacks.best_checkpoint.dirpath": "it is the run folder's checkpoints/ (train passes it)",
     "trainer.gradient_clip_val": "the module steps its optimizer itself: use grad_clip",
     "trainer.gradient_clip_algorithm": "the module steps its optimizer itself: use grad_clip",
     "trainer.accumulate_grad_batches": (
@@ -388,6 +450,7 @@ def validate_config(
     _check_model_family(cfg, errors)  # first: its limits are the more specific ones
     _check_unknown_keys(cfg, errors)
     _apply(cfg, COMMON_RULES, errors)
+    _check_callbacks(cfg, errors)
     _check_task_type(cfg, errors)
     _apply(cfg, _tiny_rules(cfg), errors)
     _check_prior(cfg, errors)
@@ -398,6 +461,41 @@ def validate_config(
         _check_chain(cfg, errors)
     _check_inert(cfg, overrides, errors, _in_sweep() if sweep is None else sweep)
     raise_errors(errors)
+
+
+def _own_callbacks(cfg: DictConfig) -> dict[str, Callback]:
+    """The run's own callbacks present in ``cfg`` with their shipped class (their keys are the
+    schema's); a null entry, a user's callback or a swapped class are not among them."""
+    node = _get(cfg, "callbacks")
+    node = node if isinstance(node, dict) else {}
+    return {
+        name: cb
+        for name, cb in CALLBACKS.items()
+        if isinstance(node.get(name), dict) and node[name].get("_target_", cb.target) == cb.target
+    }
+
+
+def _user_callbacks(cfg: DictConfig) -> list[str]:
+    """``callbacks.<name>`` entries Hydra builds as given (a ``_target_`` of the user's, or one
+    of the run's own callbacks with another class): their keys are their class's arguments."""
+    node = _get(cfg, "callbacks")
+    node = node if isinstance(node, dict) else {}
+    own = _own_callbacks(cfg)
+    return [
+        f"callbacks.{name}"
+        for name, value in node.items()
+        if name not in own and isinstance(value, dict) and "_target_" in value
+    ]
+
+
+def _check_callbacks(cfg: DictConfig, errors: list[str]) -> None:
+    for name, cb in _own_callbacks(cfg).items():
+        _apply(cfg, [(f"callbacks.{name}.{k}", check) for k, check in cb.rules], errors)
+        if _get(cfg, f"callbacks.{name}._partial_") not in (_MISSING, True):
+            errors.append(
+                f"callbacks.{name}._partial_={_show(_get(cfg, f'callbacks.{name}._partial_'))} "
+                "is not allowed: true (train completes it with the run's objects)"
+            )
 
 
 def raise_errors(errors: Sequence[str]) -> None:
@@ -448,16 +546,17 @@ def schema_keys(cfg: DictConfig) -> set[str]:
     keys = {k for k, _ in COMMON_RULES}
     keys |= {f"model.lora.{k}" for k in LORA_KEYS} | {f"trainer.{k}" for k in TRAINER_KEYS}
     keys |= {"sampler.name", "sampler.hparams", "sampler.swag", "sampler.blob", "prior"}
-    name, algorithm = _get(cfg, "sampler.name"), _get(cfg, "sampler.algorithm")
-    if name == "map" or (algorithm in (None, _MISSING) and name not in HYPERPARAMETERS):
-        keys |= {k for k, _ in MAP_RULES}  # MAP, or an unknown sampler name (refused itself)
+    keys |= {"sampler.optimizer._target_", "sampler.optimizer._partial_", "sampler.algorithm"}
+    for name, cb in CALLBACKS.items():
+        keys |= {f"callbacks.{name}.{k}" for k in ("_target_", "_partial_", *cb.keys)}
+    own_rule = _get(cfg, "sampler.algorithm") in _methods()
+    if _get(cfg, "sampler.name") == "map" or (
+        _get(cfg, "sampler.optimizer") in (_MISSING, None) and not own_rule
+    ):
+        keys |= {k for k, _ in MAP_RULES}  # MAP, or a sampler without an update rule (refused)
     # MAP keeps the chain keys that shared configs (debug=smoke, experiments) give every
     # sampler; INERT_RULES refuse them when the command line sets them.
-    keys |= {k for k, _ in CHAIN_RULES} | {
-        "sampler.algorithm",
-        "sampler.schedule",
-        "trainer.max_steps",
-    }
+    keys |= {k for k, _ in CHAIN_RULES} | {"sampler.schedule", "trainer.max_steps"}
     return keys
 
 
@@ -485,9 +584,10 @@ def _check_unknown_keys(cfg: DictConfig, errors: list[str]) -> None:
     """Every leaf of the composed config must be a key of the schema (``schema_keys``)."""
     known = schema_keys(cfg)
     hparams = _all_hparams()
+    free = (*FREE_SUBTREES, *_user_callbacks(cfg))
     container = OmegaConf.to_container(cfg, resolve=False)
     for key in _leaves(container):
-        if key in known or any(key == f or key.startswith(f"{f}.") for f in FREE_SUBTREES):
+        if key in known or any(key == f or key.startswith(f"{f}.") for f in free):
             continue
         if key.startswith(
             ("sampler.hparams.", "sampler.schedule.", "sampler.swag.", "sampler.blob.", "prior.")
@@ -512,9 +612,16 @@ def _check_unknown_keys(cfg: DictConfig, errors: list[str]) -> None:
         )
         siblings = sorted({k.split(".", 1)[0] for k in siblings})
         where = f"keys of {parent}" if parent else "top-level keys"
+        if key.startswith("callbacks.") and key.split(".")[1] not in CALLBACKS:
+            name = key.split(".")[1]  # an entry of the user's without a class
+            where = (
+                f"a callback of your own needs its class: +callbacks.{name}._target_=<class> "
+                f"(e.g. {_CALLBACK_EXAMPLE}); the run's callbacks: {', '.join(CALLBACKS)}"
+            )
+            siblings = []
         errors.append(
             f"{key}={value} is not allowed: unknown key, nothing reads it{hint}? "
-            f"{where}: {', '.join(siblings)}"
+            f"{where}" + (f": {', '.join(siblings)}" if siblings else "")
         )
 
 
@@ -576,6 +683,7 @@ _CHAIN_LENGTH = (
 _EARLY_STOP = "early stopping and its monitor are for sampler=map; a chain keeps all its samples"
 #: sampler keys only a chain reads (``sampler.lr`` is MAP's AdamW learning rate too)
 _CHAIN_ONLY = [k for k, _ in CHAIN_RULES if k not in {m for m, _ in MAP_RULES}] + [
+    "sampler.optimizer",
     "sampler.algorithm",
     "sampler.hparams",
 ]
@@ -598,6 +706,8 @@ INERT_RULES: list[tuple[str, Callable[[DictConfig], str | None]]] = [
     ("callbacks.checkpoint.every_n_train_steps", _map_inert),
     ("callbacks.samples.flush_every", _map_inert),
     ("callbacks.progress.every_n_steps", _map_inert),
+    ("callbacks.trace", _map_inert),
+    ("callbacks.best_checkpoint", _chain_inert(_EARLY_STOP)),
     ("trainer.max_epochs", _chain_inert(_CHAIN_LENGTH)),
     ("trainer.min_epochs", _chain_inert(_CHAIN_LENGTH)),
     ("trainer.max_steps", _chain_inert(_CHAIN_LENGTH)),
@@ -751,18 +861,54 @@ def _check_task_type(cfg: DictConfig, errors: list[str]) -> None:
     errors.append(f"data.task={task.name!r} is not allowed: {allowed}")
 
 
+def _methods() -> list[str]:
+    """Registered algorithms without a sampler class (``blob``: the module step builds its own
+    update rule, AdamW on its objective): a config names them by ``sampler.algorithm``."""
+    return sorted(set(HYPERPARAMETERS) - set(sampler_targets().values()))
+
+
 def _check_chain(cfg: DictConfig, errors: list[str]) -> None:
     """SG-MCMC sampler: algorithm, hparams, schedule, chain lengths and the step arithmetic."""
-    samplers = sorted(HYPERPARAMETERS)
-    algorithm = _get(cfg, "sampler.algorithm")
-    if algorithm in (_MISSING, None):
-        algorithm = _get(cfg, "sampler.name")
-        rule = _note(_one_of(["map", *samplers]), "or set sampler.algorithm to one of these")
-        name_rule: Rule = ("sampler.name", rule)
+    targets = sampler_targets()
+    named = _get(cfg, "sampler.algorithm")
+    if _get(cfg, "sampler.optimizer") not in (_MISSING, None):
+        if named is not _MISSING:
+            errors.append(
+                f"sampler.algorithm={_show(named)} is not allowed: the update rule is "
+                "sampler.optimizer._target_ (a registered sampler class, e.g. "
+                "bayesian_lora.samplers.SGLD): pick it with sampler=<name>; sampler.algorithm "
+                f"names a method that builds its own ({', '.join(_methods())})"
+            )
+            return
+        algorithm = targets.get(str(_get(cfg, "sampler.optimizer._target_")))
+        if algorithm is None or algorithm not in HYPERPARAMETERS:
+            shown = sorted({sampler_target(a) for a in targets.values() if a in HYPERPARAMETERS})
+            rule = _note(_one_of(shown), "a registered sampler class")
+            _apply(cfg, [("sampler.optimizer._target_", rule)], errors)
+            return  # the other sampler keys depend on the algorithm
+        if _get(cfg, "sampler.optimizer._partial_") is not True:
+            errors.append(
+                f"sampler.optimizer._partial_={_show(_get(cfg, 'sampler.optimizer._partial_'))} "
+                "is not allowed: true (the module builds it from the sampled parameters)"
+            )
+    elif named is not _MISSING:
+        rule = _note(
+            _one_of(_methods()),
+            "a method whose module step builds its own update rule; a sampler's update rule "
+            "is sampler.optimizer._target_",
+        )
+        if named not in _methods():
+            _apply(cfg, [("sampler.algorithm", rule)], errors)
+            return
+        algorithm = str(named)
     else:
-        name_rule = ("sampler.algorithm", _one_of(samplers))
-    if not (isinstance(algorithm, str) and algorithm in HYPERPARAMETERS):
-        _apply(cfg, [name_rule], errors)  # the other sampler keys depend on the algorithm
+        configs = sorted(
+            p.stem for p in (Path(__file__).parent / "conf" / "sampler").glob("*.yaml")
+        )
+        errors.append(
+            f"sampler.name={_show(_get(cfg, 'sampler.name'))} is not allowed: map, or a chain "
+            f"with an update rule (sampler.optimizer._target_): sampler=one of {', '.join(configs)}"
+        )
         return
     before = len(errors)
     _apply(cfg, CHAIN_RULES, errors)

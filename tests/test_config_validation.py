@@ -100,13 +100,31 @@ BAD = [
     ("data.val_fraction=0", "data.val_fraction", "0", "a number in (0, 1)"),
     ("data.max_train_samples=0", "data.max_train_samples", "0", "null or an integer >= 1"),
     ("data=stsb data.obs_std=0", "data.obs_std", "0", "a number > 0"),
-    # sampler: name, algorithm, common chain keys
-    ("sampler.name=langevin", "sampler.name", "'langevin'", "one of map, asgld, blob, psgld"),
+    # sampler: name, update rule (sampler.optimizer), common chain keys
+    ("sampler.name=langevin", "sampler.name", "'langevin'", "map, or a chain with an update rule"),
     (
-        "sampler=csgld sampler.algorithm=sgdm",
+        "sampler=csgld +sampler.algorithm=sgdm",
         "sampler.algorithm",
         "'sgdm'",
-        "one of asgld, blob, psgld",
+        "the update rule is sampler.optimizer._target_",
+    ),
+    (
+        "sampler=sgld sampler.optimizer._target_=torch.optim.SGD",
+        "sampler.optimizer._target_",
+        "'torch.optim.SGD'",
+        "one of bayesian_lora.samplers.ASGLD, bayesian_lora.samplers.PSGLD",
+    ),
+    (
+        "sampler=sgld sampler.optimizer._partial_=false",
+        "sampler.optimizer._partial_",
+        "False",
+        "true (the module builds it from the sampled parameters)",
+    ),
+    (
+        "sampler=blob sampler.algorithm=sgdm",
+        "sampler.algorithm",
+        "'sgdm'",
+        "one of blob (a method whose module step builds its own update rule",
     ),
     ("sampler=sgld sampler.lr=0", "sampler.lr", "0", "a number > 0 (step size eta)"),
     (

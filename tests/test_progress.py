@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 from pathlib import Path
 
@@ -55,6 +56,7 @@ def stream(monkeypatch: pytest.MonkeyPatch) -> io.StringIO:
     out = io.StringIO()
     original = ChainProgress.__init__
 
+    @functools.wraps(original)  # keeps the signature train completes the callback by
     def capture(self: ChainProgress, *args: object, **kwargs: object) -> None:
         original(self, *args, stream=out, tty=False, **kwargs)  # type: ignore[arg-type]
 

@@ -26,6 +26,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from bayesian_lora.runs import RunFolder
 from bayesian_lora.runs.layout import atomic_write
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,10 @@ def _as_sigterm(signum: int, frame: Any) -> None:
 
 
 class ChainCheckpoint(Checkpoint):
-    def __init__(self, path: str | Path, every_n_train_steps: int) -> None:
-        self.path = Path(path)
+    """Writes ``checkpoints/last.ckpt`` of the run folder ``run`` (resume= reads it)."""
+
+    def __init__(self, run: RunFolder | str | Path, every_n_train_steps: int) -> None:
+        self.path = (run if isinstance(run, RunFolder) else RunFolder(Path(run))).last_checkpoint
         self.every_n = int(every_n_train_steps)
         self._previous: dict[int, Any] = {}
 

@@ -315,6 +315,7 @@ class TextClassificationDataModule(L.LightningDataModule):
         max_eval_samples: int | None = None,
         num_workers: int = 0,
         cache_dir: str | None = None,
+        obs_std: float = 0.5,
     ) -> None:
         super().__init__()
         if not 0.0 < val_fraction < 1.0:
@@ -332,6 +333,7 @@ class TextClassificationDataModule(L.LightningDataModule):
         self.max_eval_samples = max_eval_samples
         self.num_workers = num_workers
         self.cache_dir = cache_dir
+        self.obs_std = float(obs_std)  # regression tasks' observation noise (data.obs_std)
         label_dtype = torch.float32 if self.task.is_regression else torch.int64
         self.collator = LabelDtypeCollator(tokenizer, label_dtype)
         self.datasets: dict[str, datasets.Dataset] = {}

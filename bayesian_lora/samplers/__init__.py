@@ -81,6 +81,21 @@ _MODULES = {
 }
 
 
+def sampler_targets() -> dict[str, str]:
+    """``sampler.optimizer._target_`` as configs write it -> registry name (``sgld``); both the
+    package path (``bayesian_lora.samplers.SGLD``) and the module path. No torch import."""
+    targets = {}
+    for algorithm, cls in _SAMPLER_CLASSES.items():
+        targets[f"{__name__}.{cls}"] = algorithm
+        targets[f"{__name__}.{_MODULES[cls]}.{cls}"] = algorithm
+    return targets
+
+
+def sampler_target(algorithm: str) -> str:
+    """The ``_target_`` of a registry name: ``sgld`` -> ``bayesian_lora.samplers.SGLD``."""
+    return f"{__name__}.{_SAMPLER_CLASSES[algorithm]}"
+
+
 def __getattr__(name: str) -> Any:
     if name == "SAMPLERS":
         return {algo: __getattr__(cls) for algo, cls in _SAMPLER_CLASSES.items()}
@@ -105,4 +120,6 @@ __all__ = [
     "SAMSGLDRank1",
     "StepSizeSchedule",
     "build_schedule",
+    "sampler_target",
+    "sampler_targets",
 ]
