@@ -224,7 +224,8 @@ def best_rows(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         if not have:
             continue
         best = min(have, key=lambda r: r[f"{key}_mean"])
-        text = f"- Lowest {name}: **{best['method']}** ({best['members']} members)"
+        m = best["members"]
+        text = f"- Lowest {name}: **{best['method']}** ({m} member{'' if m == 1 else 's'})"
         lo, hi = best.get(f"{key}_delta_ci_low"), best.get(f"{key}_delta_ci_high")
         if lo is not None and hi is not None:
             sure = "excludes" if hi < -1e-9 or lo > 1e-9 else "includes"
