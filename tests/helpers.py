@@ -66,6 +66,22 @@ def train_run(data_dir: Path, out: Path, *extra: str) -> Path:
     return out
 
 
+def steps_per_epoch_of(run_dir: Path) -> int:
+    """Optimizer steps per epoch of the run in ``run_dir``: its saved (composed) config and the
+    number of training examples its manifest records (the synthetic data's size after the
+    validation carve and ``max_train_samples``)."""
+    from omegaconf import OmegaConf
+
+    from bayesian_lora.config import steps_per_epoch
+    from bayesian_lora.runs import load_samples
+
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    assert isinstance(cfg, DictConfig)
+    num_data = load_samples(run_dir)[1].num_data
+    assert num_data, f"{run_dir}: the manifest records no num_data"
+    return steps_per_epoch(cfg, int(num_data))
+
+
 def run_eval(*overrides: str) -> dict[str, Any]:
     """``python -m bayesian_lora.evaluate <overrides>``, in-process; returns its result."""
     from bayesian_lora.evaluate import evaluate

@@ -24,7 +24,14 @@ import bayesian_lora.train as train_module
 from bayesian_lora.callbacks.sample_collector import ResumeMismatchError
 from bayesian_lora.errors import InputError
 from bayesian_lora.runs import RunFolderLockedError, layout, load_samples, write_samples
-from tests.helpers import AtStep, BeforeUpdate, compose_train, inject, smoke_overrides
+from tests.helpers import (
+    AtStep,
+    BeforeUpdate,
+    compose_train,
+    inject,
+    smoke_overrides,
+    steps_per_epoch_of,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -176,6 +183,32 @@ def test_sigkill_at_a_random_step_then_resume_gives_the_same_chain(
         with pytest.raises(RunFolderLockedError, match=r"stale lock .*no longer runs.*break_lock"):
             resume(tmp_path)
         assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    resume(tmp_path, "break_lock=true")
+    assert_finished_like(tmp_path, reference)
+
+
+@pytest.mark.parametrize(
+    ("epochs", "inside"),
+    [(1, False), (1, True), (2, True)],
+    ids=["1-after", "1-inside", "2-inside"],
+)
+def test_sigkill_at_an_epoch_boundary_then_resume_gives_the_same_chain(
+    epochs: int, inside: bool, reference: Reference, synthetic_data_dir: Path, tmp_path: Path
+) -> None:
+    """Killed right after the last step of an epoch, or inside the first step of the next one
+    (resuming from the checkpoint written at the boundary: checkpoints every 3 steps)."""
+    step = epochs * steps_per_epoch_of(reference.folder)
+    assert step < STEPS
+
+    def kill(module: Any) -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def body() -> None:
+        with_callbacks(BeforeUpdate(step, kill) if inside else AtStep(step, kill))
+        run(synthetic_data_dir, tmp_path)
+
+    assert in_child(body) == -signal.SIGKILL
+    assert_only_kept_rows(tmp_path, reference)
     resume(tmp_path, "break_lock=true")
     assert_finished_like(tmp_path, reference)
 

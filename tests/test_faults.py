@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,14 @@ import bayesian_lora.train as train_module
 from bayesian_lora.models.module import DivergenceError
 from bayesian_lora.runs import Manifest, RunFolder, load_samples, write_samples
 from bayesian_lora.runs.checks import ManifestMismatchError
-from tests.helpers import AtStep, BeforeUpdate, compose_train, inject, smoke_overrides
+from tests.helpers import (
+    AtStep,
+    BeforeUpdate,
+    compose_train,
+    inject,
+    smoke_overrides,
+    steps_per_epoch_of,
+)
 
 pytestmark = pytest.mark.slow  # each test trains the tiny model (a few seconds)
 
@@ -35,7 +43,10 @@ KEPT = [7, 10, 13, 16, 19, 22]
 
 
 def run(data_dir: Path, out: Path, *extra: str) -> None:
-    train_module.train(compose_train(smoke_overrides(data_dir, out, *CHAIN, *extra)))
+    """The chain of ``CHAIN``; ``extra`` adds overrides or replaces CHAIN's (``sampler=psgld``)."""
+    replaced = {o.split("=")[0] for o in extra}
+    chain = [o for o in CHAIN if o.split("=")[0] not in replaced]
+    train_module.train(compose_train(smoke_overrides(data_dir, out, *chain, *extra)))
 
 
 def resume(out: Path, *extra: str) -> None:
@@ -68,7 +79,7 @@ def test_same_seed_same_samples(
     assert not all(torch.equal(a[n], c[n]) for n in a)
 
 
-# 1: the first step; 4: a checkpoint step; 7: a kept step; 9: mid-epoch (5 steps/epoch);
+# 1: the first step; 4: a checkpoint step; 7: a kept step; 9: mid-epoch (6 steps/epoch);
 # 13: kept and flushed; 22: the last kept step (the run is over: it ends normally).
 @pytest.mark.parametrize(
     ("stop_at", "sig"),
@@ -104,6 +115,60 @@ def test_a_stop_signal_checkpoints_that_step_exits_143_and_resume_loses_nothing(
     resume(tmp_path)
     assert_same_samples(tmp_path, reference_chain)
     assert load_samples(tmp_path)[1].status == "complete"
+
+
+@pytest.fixture(scope="module")
+def reference_of(
+    reference_chain: Path, synthetic_data_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[..., Path]:
+    """The uninterrupted chain of ``run(..., *extra)`` (made once per ``extra``)."""
+    chains = {(): reference_chain}
+
+    def get(*extra: str) -> Path:
+        if extra not in chains:
+            chains[extra] = tmp_path_factory.mktemp("reference")
+            run(synthetic_data_dir, chains[extra], *extra)
+        return chains[extra]
+
+    return get
+
+
+# A stop exactly where an epoch ends: Lightning has already closed that epoch when the signal's
+# checkpoint is written, and restores its epoch counter one epoch ahead of the chain. SGLD at
+# the first and second boundary, samplers with state (pSGLD's preconditioner, SGHMC's
+# momentum), and a boundary inside the AdamW warm start (dropout on).
+@pytest.mark.parametrize(
+    ("epochs", "extra"),
+    [
+        (1, ()),
+        (2, ()),
+        (1, ("sampler=psgld",)),
+        (1, ("sampler=sghmc",)),
+        (1, ("sampler.warmup.steps=9",)),
+    ],
+    ids=["sgld-1", "sgld-2", "psgld-1", "sghmc-1", "warmup-1"],
+)
+@pytest.mark.xfail(strict=True, reason="resume at an epoch boundary skips an epoch of data")
+def test_a_stop_at_an_epoch_boundary_resumes_the_same_data_order(
+    epochs: int,
+    extra: tuple[str, ...],
+    reference_of: Callable[..., Path],
+    synthetic_data_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    reference = reference_of(*extra)
+    stop_at = epochs * steps_per_epoch_of(reference)
+    assert stop_at < load_samples(reference)[1].steps[-1]  # the chain goes on after the stop
+    inject(monkeypatch, AtStep(stop_at, lambda m: os.kill(os.getpid(), signal.SIGTERM)))
+    with pytest.raises(SystemExit) as stopped:
+        run(synthetic_data_dir, tmp_path, *extra)
+    assert stopped.value.code == 143
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["chain"]["chain_step"] == stop_at
+    monkeypatch.undo()
+    resume(tmp_path)
+    assert_same_samples(tmp_path, reference)
 
 
 def test_divergence_stops_with_a_clear_message_and_keeps_samples(
