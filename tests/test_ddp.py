@@ -156,27 +156,32 @@ def test_rank_shards_together_are_the_single_process_batches() -> None:
     assert sorted(list(shards[0]) + list(shards[1])) == sorted(first + first[:1])
 
 
-def test_resume_skips_the_global_batches_already_used() -> None:
-    """A checkpoint at chain step t restarts every rank's shard right after global batch t-1."""
-    n, per_rank, world, step = 32, 4, 2, 6  # 4 global batches per epoch: epoch 1, batch 2
+# 4 global batches per epoch. Step 6: epoch 1, batch 2; step 3 + 1 retry and step 10 + 2: where
+# an epoch starts (Lightning may announce another epoch there: restored at an epoch's end, its
+# epoch counter runs one ahead).
+@pytest.mark.parametrize(("step", "retries"), [(6, 0), (3, 1), (10, 2)])
+def test_resume_skips_the_global_batches_already_used(step: int, retries: int) -> None:
+    """A checkpoint at chain step t (after r divergence retries, each of which used a batch)
+    restarts every rank's shard right after global batch t + r - 1, whatever epoch Lightning
+    announces."""
+    n, per_rank, world = 32, 4, 2
+    epoch, batch = divmod(step + retries, 4)
     uninterrupted = []
     for r in range(world):
         shard = RankShard(ResumableRandomSampler(n, seed=1), world, r)
-        shard.set_epoch(1)
-        uninterrupted.append(list(shard)[2 * per_rank :])
-    datamodule = SimpleNamespace(
-        train_sampler=ResumableRandomSampler(n, seed=1), batch_size=per_rank
-    )
-    trainer = SimpleNamespace(datamodule=datamodule, world_size=world)
-    fake_module = SimpleNamespace(
-        _trainer=trainer, trainer=trainer, chain_step=step, retries_used=0
-    )
-    BayesianLoRAModule._resume_data_order(fake_module)
-    for r in range(world):
-        shard = RankShard(datamodule.train_sampler, world, r)
-        shard.set_epoch(1)  # what Lightning calls at the start of the resumed epoch
+        shard.set_epoch(epoch)
+        uninterrupted.append(list(shard)[batch * per_rank :])
+    for r in range(world):  # each rank has its own sampler, module and counters
+        sampler = ResumableRandomSampler(n, seed=1)
+        datamodule = SimpleNamespace(train_sampler=sampler, batch_size=per_rank)
+        trainer = SimpleNamespace(datamodule=datamodule, world_size=world)
+        module = SimpleNamespace(_trainer=trainer, trainer=trainer, chain_step=step)
+        module.retries_used = retries
+        module._train_sampler = lambda m=module: BayesianLoRAModule._train_sampler(m)
+        sampler.follow(lambda m=module: BayesianLoRAModule.data_position(m))
+        shard = RankShard(sampler, world, r)
+        shard.set_epoch(epoch + 1)  # ignored: the chain's batch count owns the order
         assert list(shard) == uninterrupted[r]
-        datamodule.train_sampler.skip_next(2 * per_rank * world)  # the same skip for the next rank
 
 
 @pytest.mark.slow

@@ -148,7 +148,6 @@ def reference_of(
     ],
     ids=["sgld-1", "sgld-2", "psgld-1", "sghmc-1", "warmup-1"],
 )
-@pytest.mark.xfail(strict=True, reason="resume at an epoch boundary skips an epoch of data")
 def test_a_stop_at_an_epoch_boundary_resumes_the_same_data_order(
     epochs: int,
     extra: tuple[str, ...],
@@ -216,6 +215,29 @@ def test_divergence_backoff_runs_out_of_retries_clearly(
     with pytest.raises(DivergenceError, match=r"step 12 .*no retries left"):
         run(synthetic_data_dir, tmp_path, "divergence_backoff=0.5", "divergence_retries=2")
     assert load_samples(tmp_path)[1].steps == [7, 10]
+
+
+def test_a_stop_where_an_epoch_ends_after_divergence_retries_resumes_the_same_chain(
+    synthetic_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Retries use batches without taking a step: two at step 14 make chain step 16 the end of
+    the third epoch's batches."""
+    reference, stopped = tmp_path / "reference", tmp_path / "stopped"
+    inject(monkeypatch, BeforeUpdate(14, _blow_up_update, times=2))
+    run(synthetic_data_dir, reference, "divergence_backoff=0.5")
+    monkeypatch.undo()
+    stop_at = 3 * steps_per_epoch_of(reference) - 2
+    assert 14 < stop_at < KEPT[-1]
+    stop = AtStep(stop_at, lambda m: os.kill(os.getpid(), signal.SIGTERM))
+    inject(monkeypatch, BeforeUpdate(14, _blow_up_update, times=2), stop)
+    with pytest.raises(SystemExit):
+        run(synthetic_data_dir, stopped, "divergence_backoff=0.5")
+    chain = torch.load(stopped / "checkpoints" / "last.ckpt", weights_only=False)["chain"]
+    assert (chain["chain_step"], chain["retries_used"]) == (stop_at, 2)
+    monkeypatch.undo()
+    resume(stopped)
+    assert_same_samples(stopped, reference)
+    assert load_samples(stopped)[1].step_size_scales == load_samples(reference)[1].step_size_scales
 
 
 def test_a_nan_target_stops_clearly_even_with_backoff(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -203,6 +203,8 @@ class ResumableRandomSampler(Sampler[int]):
     next iteration start at position ``k`` of the current permutation. ``state_dict`` records the
     number of indices handed out in the current epoch; with ``num_workers > 0`` the loader
     prefetches, so for exact resumption prefer ``skip_next(batches_done * batch_size)``.
+    ``follow(where)`` hands the choice to ``where()``, asked as each iteration starts (a chain:
+    the batches it has used; see :meth:`follow`).
     """
 
     def __init__(self, num_samples: int, seed: int = 0) -> None:
@@ -213,6 +215,7 @@ class ResumableRandomSampler(Sampler[int]):
         self.epoch = 0
         self._skip = 0
         self._position = 0
+        self._where: Callable[[], tuple[int, int]] | None = None
 
     def permutation(self, epoch: int | None = None) -> torch.Tensor:
         """The full index order of ``epoch`` (default: the current one)."""
@@ -233,7 +236,24 @@ class ResumableRandomSampler(Sampler[int]):
             raise ValueError(f"skip must be in [0, {self.num_samples}], got {k}")
         self._skip = k
 
+    def follow(self, where: Callable[[], tuple[int, int]] | None) -> None:
+        """Start every iteration where ``where()`` says, ``(epoch, k)``: position ``k`` of that
+        epoch's order, asked when the iteration starts (``None``: ``set_epoch`` and ``skip_next``
+        choose again).
+
+        A chain's data order has one owner, the number of batches the chain has used
+        (:meth:`bayesian_lora.models.module.BayesianLoRAModule.data_position`): a resumed run
+        continues the order exactly, whatever epoch Lightning announces with ``set_epoch``
+        (after a stop where an epoch ends it restores its epoch counter one ahead, and runs an
+        empty epoch). ``set_epoch`` and ``skip_next`` are ignored while it is set.
+        """
+        self._where = where
+
     def __iter__(self) -> Iterator[int]:
+        if self._where is not None:
+            epoch, skip = self._where()
+            self.set_epoch(epoch)
+            self.skip_next(skip)
         order = self.permutation().tolist()
         start, self._skip = self._skip, 0
         self._position = start

@@ -38,6 +38,7 @@ from bayesian_lora.models.prior import GaussianPrior, isotropic_prior
 from bayesian_lora.samplers.chain import ChainPlan
 
 if TYPE_CHECKING:
+    from bayesian_lora.data.datamodule import ResumableRandomSampler
     from bayesian_lora.samplers.base import LangevinSampler
 
 log = logging.getLogger(__name__)
@@ -430,17 +431,39 @@ class BayesianLoRAModule(L.LightningModule):
             torch.set_rng_state(chain["torch_rng"].cpu())
         if chain.get("cuda_rng") and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(chain["cuda_rng"])
-        self._resume_data_order()
 
-    def _resume_data_order(self) -> None:
-        """Continue mid-epoch: the train sampler skips the batches this chain already used."""
+    # ----------------------------------------------------------------- data order
+    def on_fit_start(self) -> None:
+        """The train sampler's order follows this chain's batch count (``data_position``), in a
+        fresh run as in a resumed one."""
+        sampler = self._train_sampler()
+        if sampler is not None:
+            sampler.follow(self.data_position)
+
+    def teardown(self, stage: str) -> None:
+        sampler = self._train_sampler()
+        if sampler is not None:
+            sampler.follow(None)
+
+    def _train_sampler(self) -> ResumableRandomSampler | None:
+        """The datamodule's train sampler (None without a trainer or datamodule, or another
+        datamodule's loader)."""
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
-        sampler = getattr(datamodule, "train_sampler", None)
-        if datamodule is None or sampler is None:
-            return
-        # A step uses batch_size indices per rank, taken together from one order (RankShard).
-        batch_size = datamodule.batch_size * self.trainer.world_size
+        return getattr(datamodule, "train_sampler", None)
+
+    def data_position(self) -> tuple[int, int]:
+        """Where the next batch starts: ``(epoch, k)``, position ``k`` of that epoch's order.
+
+        The one owner of the data order (the train sampler asks it as each of its iterations
+        starts): the batches used so far, one per step taken and one per divergence retry, in
+        epochs of ceil(n / (batch_size x world size)) steps, since a step takes ``batch_size``
+        indices per rank from one order (``RankShard``). Lightning's own epoch counter is not
+        used: restored from a checkpoint written where an epoch ends, it runs one ahead.
+        """
+        sampler = self._train_sampler()
+        if sampler is None:
+            raise RuntimeError("data_position needs the trainer's datamodule and its sampler")
+        batch_size = int(cast(Any, self.trainer).datamodule.batch_size) * self.trainer.world_size
         steps_per_epoch = math.ceil(sampler.num_samples / batch_size)
-        epoch, position = divmod(self.chain_step + self.retries_used, steps_per_epoch)
-        sampler.set_epoch(epoch)
-        sampler.skip_next(position * batch_size)
+        epoch, step = divmod(self.chain_step + self.retries_used, steps_per_epoch)
+        return epoch, step * batch_size
