@@ -25,7 +25,7 @@ from bayesian_lora.reporting.bootstrap import (
     replicates,
 )
 from bayesian_lora.reporting.chain_checks import chain_rows, config_verdict, within_chain
-from bayesian_lora.reporting.discovery import group_runs, load_run
+from bayesian_lora.reporting.discovery import SweepRun, group_runs, load_run
 from tests.helpers import fake_run_folder
 
 N, C = 200, 2
@@ -307,6 +307,23 @@ def test_the_same_seed_twice_in_one_config_is_noted(sweep: dict[str, Any], tmp_p
     report = build_report([root, tmp_path / "copy"], out_dir=tmp_path / "out", plots=False)
     assert _row(report, "map")["seeds"] == [0, 0, 1, 2]
     assert any("2 runs of seed 0" in n for n in report["notes"])
+
+
+def test_display_and_flush_settings_do_not_split_a_configuration() -> None:
+    def run(seed: int, every: int, lr: float = 0.1) -> SweepRun:
+        config = {
+            "seed": seed,
+            "model": {"name": "tiny"},
+            "data": {"task": "mrpc"},
+            "sampler": {"name": "map", "lr": lr},
+            "callbacks": {"progress": {"every_n_steps": every}, "trace": {"probe_size": 32}},
+            "trainer": {"log_every_n_steps": every},
+        }
+        return SweepRun(Path(f"/runs/{seed}"), config, {"acc": 0.5})
+
+    (group,) = group_runs([run(0, 50), run(1, 20), run(2, 20)])
+    assert [r.seed for r in group.runs] == [0, 1, 2]
+    assert len(group_runs([run(0, 50), run(1, 50, lr=0.2)])) == 2  # a real difference splits
 
 
 def test_config_verdict_without_traces() -> None:

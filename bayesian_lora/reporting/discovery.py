@@ -21,7 +21,9 @@ from bayesian_lora.evaluation.write import EVALUATION_DIR, METRICS_FILE, json_lo
 from bayesian_lora.runs import RunFolder, SampleFileError
 from bayesian_lora.runs import find_run_folders as _find_runs
 
-# Config keys that differ between seeds of one configuration, or only say where things are.
+# Config keys that differ between seeds of one configuration, only say where things are, or
+# only say how a run shows and saves its progress (the samples do not depend on them: resume is
+# bit-identical, flushes are atomic), so runs launched with other display settings still group.
 IGNORED = (
     "seed",
     "paths",
@@ -31,7 +33,13 @@ IGNORED = (
     "task_name",
     "hydra",
     "trainer.default_root_dir",
+    "trainer.enable_progress_bar",
+    "trainer.log_every_n_steps",
     "sampler.warmup.from_run",
+    "callbacks.progress",
+    "callbacks.checkpoint.every_n_train_steps",
+    "callbacks.samples.flush_every",
+    "callbacks.trace.flush_every_steps",
 )
 
 
