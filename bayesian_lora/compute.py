@@ -12,6 +12,15 @@ resumed run keeps counting):
 - ``warm_start``: the ``compute`` block of the run a chain started from (``warmup.from_run``), so a
   chain's total cost includes its MAP fit.
 
+A Laplace run (``python -m bayesian_lora.laplace``, ``bayesian_lora.laplace.laplace_compute``)
+trains nothing; its block counts each training batch through the GGN (one forward pass and K
+backward passes of the curvature factors) as ONE gradient-equivalent evaluation
+(``grad_evals.curvature``, so ``total_grad_evals`` adds it like a training batch; the backward
+passes themselves are in ``curvature_backward_passes``), ``train_examples`` = the examples through
+the GGN, ``train_seconds`` = the fit's wall time, the prior-precision search apart
+(``prior_search_evaluations``: evidence evaluations or grid points; ``prior_search_forward_passes``:
+its validation forward passes, not gradients), and ``warm_start`` = the MAP run's block.
+
 Evaluation adds its own (``metrics.json`` ``compute``): members, forward passes per test example
 (members x MC-dropout passes) and wall seconds. :func:`total_grad_evals` is what the report adds up.
 """

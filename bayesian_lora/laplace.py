@@ -96,6 +96,7 @@ def fit_laplace(cfg: DictConfig) -> dict[str, Any]:
     dm = build_datamodule(run_cfg)
     dm.setup()
 
+    fit_start = time.perf_counter()
     curvature = fit_curvature(
         module,
         module.model,
@@ -111,10 +112,11 @@ def fit_laplace(cfg: DictConfig) -> dict[str, Any]:
     run_delta = None if prior_std is None else 1.0 / float(prior_std) ** 2
     post = LaplacePosterior(curvature, run_delta or 1.0)
     start = time.perf_counter()
-    grid_results = choose_prior_precision(cfg, post, module, dm, device)
+    grid_results, search = choose_prior_precision(cfg, post, module, dm, device)
     select_seconds = time.perf_counter() - start
     gen = torch.Generator().manual_seed(int(cfg.seed))
     draws = {n: t.to(params[n].dtype) for n, t in post.sample(int(cfg.num_samples), gen).items()}
+    fit_seconds = time.perf_counter() - fit_start
     info = {
         "method": "laplace",
         "structure": cfg.structure,
@@ -130,11 +132,9 @@ def fit_laplace(cfg: DictConfig) -> dict[str, Any]:
         "log_likelihood": curvature.log_likelihood,
         "from_run": str(run.path),
         "file": LAPLACE_FILE,
-        "compute": {
-            "curvature_seconds": curvature.seconds,
-            "curvature_backward_passes": curvature.backward_passes,
-            "prior_selection_seconds": select_seconds,
-        },
+        "compute": laplace_compute(
+            curvature, search, select_seconds, fit_seconds, run.manifest.get("compute")
+        ),
     }
     write_run(out_dir, run, draws, curvature, info)
     print(summary(info, out_dir))
@@ -152,15 +152,17 @@ def _train_batches(
 
 def choose_prior_precision(
     cfg: DictConfig, post: LaplacePosterior, module: Any, dm: Any, device: torch.device
-) -> list[dict[str, float]]:
-    """Set ``post.prior_precision`` as asked; the validation grid's NLLs for ``val_nll``."""
+) -> tuple[list[dict[str, float]], dict[str, int]]:
+    """Set ``post.prior_precision`` as asked. Returns the validation grid's NLLs (``val_nll``)
+    and what the search cost: ``evaluations`` (log-evidence evaluations for ``marglik``, grid
+    points for ``val_nll``) and ``forward_passes`` (validation batches x draws x grid points)."""
     mode = cfg.prior_precision
     if mode == "marglik":
         post.optimize_prior_precision()
-        return []
+        return [], {"evaluations": post.search_evaluations, "forward_passes": 0}
     if mode != "val_nll":
         post.prior_precision = float(mode)
-        return []
+        return [], {"evaluations": 0, "forward_passes": 0}
     batches = cache_batches(dm.val_dataloader(), device)
     labels = labels_of(batches).numpy()
     params = module.sampled_parameters()
@@ -179,7 +181,43 @@ def choose_prior_precision(
     finally:
         swap_in(params, {n: t[None] for n, t in theta.items()}, 0)
     post.prior_precision = min(results, key=lambda r: r["val_nll"])["prior_precision"]
-    return results
+    passes = len(results) * int(cfg.val_nll_draws) * len(batches)
+    return results, {"evaluations": len(results), "forward_passes": passes}
+
+
+def laplace_compute(
+    curvature: Curvature,
+    search: dict[str, int],
+    select_seconds: float,
+    fit_seconds: float,
+    warm_start: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The Laplace run's manifest ``compute`` block (``bayesian_lora.compute``'s fields).
+
+    One curvature batch (a forward pass and K backward passes of the GGN factors) counts as ONE
+    gradient evaluation, like a training step's batch (``grad_evals.curvature``); its backward
+    passes are in ``curvature_backward_passes``. The prior-precision search takes no gradients
+    (``marglik``: closed-form evidence evaluations; ``val_nll``: forward passes only), so it is
+    counted apart. ``train_seconds`` is the fit's wall time (curvature, search, draws);
+    ``warm_start`` is the MAP run's block, so the report adds the MAP fit's cost."""
+    out: dict[str, Any] = {
+        "steps": {},
+        "grad_evals": {"curvature": curvature.batches},
+        "total_steps": 0,
+        "total_grad_evals": curvature.batches,
+        "train_examples": curvature.num_data,
+        "train_seconds": round(fit_seconds, 3),
+        "curvature_batches": curvature.batches,
+        "curvature_examples": curvature.num_data,
+        "curvature_backward_passes": curvature.backward_passes,
+        "curvature_seconds": round(curvature.seconds, 3),
+        "prior_search_evaluations": int(search["evaluations"]),
+        "prior_search_forward_passes": int(search["forward_passes"]),
+        "prior_selection_seconds": round(select_seconds, 3),
+    }
+    if warm_start:
+        out["warm_start"] = dict(warm_start)
+    return out
 
 
 def write_run(
@@ -211,7 +249,8 @@ def write_run(
         "steps": [],
         "kept_steps_planned": None,
         "status": "complete",
-        "posterior": {k: v for k, v in info.items() if k != "val_nll_grid"},
+        "compute": info["compute"],
+        "posterior": {k: v for k, v in info.items() if k not in ("val_nll_grid", "compute")},
     }
     write_samples(out_dir, draws, manifest)
 

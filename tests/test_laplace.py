@@ -162,9 +162,25 @@ def test_laplace_cli_on_a_tiny_map_run_then_evaluate(
     assert info["prior_precision"] > 0 and math.isfinite(info["log_marglik"])
     assert info["log_marglik"] >= info["log_marglik_at_run_prior"] - 1e-9  # the maximiser
     assert info["compute"]["curvature_backward_passes"] > 0
+    # compute: the curvature batches are the Laplace run's own gradient evaluations, the MAP's
+    # block its warm start, so evaluate's ensemble cost adds the two
+    _, map_manifest = load_samples(run)
+    compute = manifest["compute"]
+    assert compute == info["compute"] and compute["warm_start"] == map_manifest["compute"]
+    assert compute["curvature_examples"] == manifest["num_data"] == info["num_data"]
+    assert compute["grad_evals"] == {"curvature": compute["curvature_batches"]}
+    assert compute["total_grad_evals"] == compute["curvature_batches"] >= 1
+    assert compute["curvature_backward_passes"] == 2 * compute["curvature_batches"]  # C = 2
+    assert compute["prior_search_evaluations"] > 0 and compute["prior_search_forward_passes"] == 0
+    assert compute["train_seconds"] >= compute["curvature_seconds"] > 0
     assert set(load_file(str(out / "laplace.safetensors"))) >= {f"theta/{n}" for n in draws}
     result = run_eval(f"run_dir={out}", "plots=false")
     assert result["num_members"] == 5 and result["runs"][0]["sampler"] == "laplace"
+    map_total = map_manifest["compute"]["total_grad_evals"]
+    assert map_total > 0
+    assert result["compute"]["train_grad_evals"] == map_total + compute["curvature_batches"]
+    expected_seconds = map_manifest["compute"]["train_seconds"] + compute["train_seconds"]
+    assert result["compute"]["train_seconds"] == pytest.approx(expected_seconds, abs=2e-3)
 
     diag = fit_laplace(
         compose_config(
@@ -180,6 +196,8 @@ def test_laplace_cli_on_a_tiny_map_run_then_evaluate(
         )
     )
     assert diag["prior_precision"] in (0.1, 10.0) and len(diag["val_nll_grid"]) == 2
+    val_batches = diag["compute"]["prior_search_forward_passes"] / (2 * 2)  # 2 deltas x 2 draws
+    assert diag["compute"]["prior_search_evaluations"] == 2 and val_batches == int(val_batches) > 0
 
 
 def test_bad_laplace_options_are_refused_before_loading(tmp_path: Path) -> None:
@@ -245,3 +263,27 @@ def test_hooked_ggn_diagonal_equals_brute_force_on_the_tiny_lora_model() -> None
     assert set(got) == set(expected)
     for n in expected:
         torch.testing.assert_close(got[n], expected[n], rtol=1e-4, atol=1e-9)
+
+
+def test_laplace_compute_block_adds_to_its_map_warm_start() -> None:
+    """A curvature batch is one gradient evaluation; ensemble_cost adds the MAP's (once)."""
+    from bayesian_lora.compute import ensemble_cost, total_grad_evals
+    from bayesian_lora.laplace import laplace_compute
+
+    post, _ = laplace_at_mean("random", "kron", delta=2.0)  # 40 examples in 5 batches of 8
+    curv = post.curvature
+    assert curv.batches == 5 and curv.num_data == 40 and curv.backward_passes == 5 * 2
+    post.optimize_prior_precision()
+    assert post.search_evaluations > 0
+    map_compute = {"total_grad_evals": 100, "train_seconds": 10.0, "grad_evals": {"map": 100}}
+    search = {"evaluations": post.search_evaluations, "forward_passes": 0}
+    block = laplace_compute(curv, search, 0.5, 2.0, map_compute)
+    assert block["total_grad_evals"] == 5 and block["grad_evals"] == {"curvature": 5}
+    assert block["curvature_examples"] == block["train_examples"] == 40
+    assert block["curvature_backward_passes"] == 10 and block["warm_start"] == map_compute
+    assert block["prior_search_evaluations"] == post.search_evaluations
+    assert total_grad_evals(block) == 105
+    # two Laplace fits (kron, diag) of one MAP run: the MAP fit counted once
+    cost = ensemble_cost([block, laplace_compute(curv, search, 0.5, 3.0, map_compute)])
+    assert cost == {"train_grad_evals": 110, "train_seconds": 15.0, "warm_starts": 1}
+    assert "warm_start" not in laplace_compute(curv, search, 0.5, 2.0, None)

@@ -131,6 +131,7 @@ class Curvature:
     log_likelihood: float  # sum_i log p(y_i | x_i, theta*)
     backward_passes: int
     seconds: float
+    batches: int = 0  # training batches through the GGN (one forward + K backward passes each)
     eig: dict[str, tuple[Tensor, Tensor, Tensor, Tensor]] = field(default_factory=dict)
 
     @property
@@ -186,9 +187,10 @@ def fit_curvature(
     handles = []
     for block in blocks:
         handles.append(block.module.register_forward_hook(_forward_hook(block, mask, structure)))
-    n, loglik, passes = 0, 0.0, 0
+    n, loglik, passes, num_batches = 0, 0.0, 0, 0
     try:
         for batch in batches:
+            num_batches += 1
             mask[0] = batch.get("attention_mask")
             outputs = forward(batch)
             loglik -= float(nll(outputs.detach(), batch["labels"]).double().sum())
@@ -207,7 +209,8 @@ def fit_curvature(
     theta = {name: p.detach().double().cpu().clone() for name, p in params.items()}
     for b in blocks:
         b._a = b._abar = None
-    return Curvature(structure, blocks, theta, n, loglik, passes, time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    return Curvature(structure, blocks, theta, n, loglik, passes, seconds, num_batches)
 
 
 def _forward_hook(block: LinearBlock, mask: list[Tensor | None], structure: Structure) -> Any:
@@ -260,6 +263,7 @@ class LaplacePosterior:
 
     curvature: Curvature
     prior_precision: float
+    search_evaluations: int = 0  # log-evidence evaluations of the last marglik search
 
     def log_det_precision(self, delta: float | None = None) -> float:
         d = self.prior_precision if delta is None else delta
@@ -286,6 +290,7 @@ class LaplacePosterior:
             options={"xatol": 1e-8},
         )
         self.prior_precision = float(math.exp(res.x))
+        self.search_evaluations = int(res.nfev)
         return self.prior_precision
 
     @torch.no_grad()
