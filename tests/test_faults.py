@@ -302,7 +302,7 @@ def map_run(synthetic_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
         ("data=ag_news", "num_labels (4 vs 2)"),
         ("model.lora.r=2", "lora.r (2 vs"),
         ("prior_std=0.1", "prior.lora_A (0.1 vs None)"),
-        ("prior=isotropic", "prior.dW_fraction (None vs 0.01)"),
+        ("prior=isotropic", "prior.dW_fraction (None vs 100.0)"),
         ("data.max_train_samples=20", "data.max_train_samples (20 vs"),
     ],
 )

@@ -28,6 +28,10 @@ def tiny_model(*modules_to_save: str) -> torch.nn.Module:
     return build_lora_model(ModelSettings.from_config(cfg), 2)
 
 
+#: The shipped default's Var(dW) / Var(W) (chosen on validation; the README says how)
+F = float(OmegaConf.load(CONFIG_DIR / "prior" / "default.yaml").dW_fraction)
+
+
 def settings(**kwargs: object) -> PriorSettings:
     return PriorSettings.from_config(
         {**OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "prior" / "default.yaml")), **kwargs}
@@ -40,10 +44,10 @@ def test_default_prior_makes_dw_a_stated_fraction_of_each_layers_weights() -> No
     assert len(prior.layers) == 4  # query and value of two layers
     for layer in prior.layers:
         assert layer.sigma_A == layer.sigma_B
-        # Var(dW_ij) = (alpha/r)^2 r sigma_A^2 sigma_B^2 = 0.01 Var(W), by hand: alpha 8, r 4
+        # Var(dW_ij) = (alpha/r)^2 r sigma_A^2 sigma_B^2 = f Var(W), by hand: alpha 8, r 4
         assert layer.scaling == 2.0 and layer.r == 4
-        assert 4.0 * 4 * layer.sigma_A**2 * layer.sigma_B**2 == pytest.approx(0.01 * layer.var_W)
-        assert layer.ratio == pytest.approx(0.01)
+        assert 4.0 * 4 * layer.sigma_A**2 * layer.sigma_B**2 == pytest.approx(F * layer.var_W)
+        assert layer.ratio == pytest.approx(F)
         weight = model.get_submodule(layer.layer).get_base_layer().weight
         assert layer.var_W == pytest.approx(float(weight.var()))
     # and a Monte Carlo draw of dW from the prior has that variance
@@ -58,7 +62,7 @@ def test_default_prior_makes_dw_a_stated_fraction_of_each_layers_weights() -> No
 def test_one_given_lora_sigma_solves_the_other_and_two_are_reported() -> None:
     model = tiny_model()
     for layer in build_prior(model, settings(lora_A=0.05)).layers:
-        assert layer.sigma_A == 0.05 and layer.ratio == pytest.approx(0.01)
+        assert layer.sigma_A == 0.05 and layer.ratio == pytest.approx(F)
     for layer in build_prior(model, settings(lora_B=0.01, dW_fraction=0.1)).layers:
         assert layer.sigma_B == 0.01 and layer.ratio == pytest.approx(0.1)
     layer = build_prior(model, settings(lora_A=1.0, lora_B=1.0)).layers[0]
