@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -13,7 +14,13 @@ from torch import Tensor, nn
 
 from bayesian_lora.config_validation import ConfigError
 from bayesian_lora.laplace import fit_laplace
-from bayesian_lora.methods.laplace import LaplacePosterior, fit_curvature
+from bayesian_lora.methods.laplace import (
+    LaplacePosterior,
+    fit_curvature,
+    glm_logit_covariance,
+    glm_logit_draws,
+    probit_probs,
+)
 from bayesian_lora.models.module import gaussian_nll
 from bayesian_lora.runs import load_samples
 from tests.helpers import compose_config, run_eval, train_run
@@ -287,3 +294,146 @@ def test_laplace_compute_block_adds_to_its_map_warm_start() -> None:
     cost = ensemble_cost([block, laplace_compute(curv, search, 0.5, 3.0, map_compute)])
     assert cost == {"train_grad_evals": 110, "train_seconds": 15.0, "warm_starts": 1}
     assert "warm_start" not in laplace_compute(curv, search, 0.5, 2.0, None)
+
+
+# ----------------------------------------------------------------------------- GLM predictive
+# Bayesian linear regression: the linearisation is exact, so the GLM predictive is the exact
+# posterior predictive N(x'm, x' S x + sigma^2); a tiny nonlinear token model: the hooked
+# J Sigma J^T equals the brute force with torch.autograd.functional.jacobian.
+
+
+@pytest.mark.parametrize(("kind", "structure"), [("orthogonal", "diag"), ("random", "kron")])
+def test_glm_predictive_equals_the_exact_posterior_predictive(kind: str, structure: str) -> None:
+    post, _ = laplace_at_mean(kind, structure, delta=2.0)
+    x, y = data(kind)
+    mean, _ = exact_posterior(x, y, 2.0)
+    xa = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
+    cov_row = torch.linalg.inv(xa.T @ xa / SIGMA**2 + 2.0 * torch.eye(4, dtype=x.dtype))
+    x_test = torch.randn(25, 3, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    xt = torch.cat([x_test, torch.ones(25, 1, dtype=x.dtype)], dim=1)
+    model = post.curvature.blocks[0].module
+    f, cov = glm_logit_covariance(
+        lambda b: model(b["x"]), post, [{"x": x_test[i : i + 10]} for i in range(0, 25, 10)]
+    )
+    exact_var = torch.einsum("ni,ij,nj->n", xt, cov_row, xt)  # x' S x, the same for each output
+    expected_cov = exact_var[:, None, None] * torch.eye(2, dtype=x.dtype)
+    torch.testing.assert_close(f, xt @ mean.T, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(cov, expected_cov, rtol=1e-10, atol=1e-14)
+    # the predictive of y: N(x'm, x' S x + sigma^2), checked by its log density at the labels
+    var_y = torch.diagonal(cov, dim1=1, dim2=2) + SIGMA**2
+    exact = torch.distributions.Normal(xt @ mean.T, (exact_var[:, None] + SIGMA**2).sqrt())
+    y_test = xt @ mean.T + 0.1
+    got = torch.distributions.Normal(f, var_y.sqrt()).log_prob(y_test)
+    torch.testing.assert_close(got, exact.log_prob(y_test), rtol=1e-12, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- brute force: MLP
+
+
+class TokenMLP(nn.Module):
+    """Per-token Linear -> tanh -> masked mean over tokens -> Linear (the classifier)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.inner = nn.Linear(3, 4).double()
+        self.head = nn.Linear(4, 3).double()
+        self.proj = nn.Linear(4, 4, bias=False).double()  # a bias-free block, like LoRA A/B
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        h = self.proj(torch.tanh(self.inner(batch["x"])))  # [B, T, 4]
+        w = batch["attention_mask"].to(h.dtype)[:, :, None]
+        return self.head((h * w).sum(1) / w.sum(1))
+
+
+def token_batches(num: int, seed: int, labels: bool = True) -> list[dict[str, Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(num):
+        mask = torch.ones(4, 5, dtype=torch.long)
+        mask[1, 3:] = 0
+        mask[3, 1:] = 0
+        b = {"x": torch.randn(4, 5, 3, generator=g, dtype=torch.float64), "attention_mask": mask}
+        if labels:
+            b["labels"] = torch.randint(0, 3, (4,), generator=g)
+        out.append(b)
+    return out
+
+
+def brute_force_jsj(
+    model: TokenMLP, post: LaplacePosterior, batches: list[dict[str, Tensor]]
+) -> Tensor:
+    """J (autograd.functional.jacobian, one example at a time) Sigma (dense) J^T."""
+    names = [n for b in post.curvature.blocks for n in b.names]  # covariance()'s order
+    params = dict(model.named_parameters())
+    theta = [params[n].detach().clone() for n in names]
+    sigma = post.covariance()
+    out = []
+    for batch in batches:
+        for i in range(batch["x"].shape[0]):
+            one = {k: v[i : i + 1] for k, v in batch.items() if k != "labels"}
+
+            def f(*flat: Tensor, one: dict[str, Tensor] = one) -> Tensor:
+                return torch.func.functional_call(
+                    model, dict(zip(names, flat, strict=True)), (one,)
+                )[0]
+
+            jac = torch.autograd.functional.jacobian(f, tuple(theta))
+            j = torch.cat([t.flatten(1) for t in jac], dim=1)  # [K, D]
+            out.append(j @ sigma @ j.T)
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("structure", ["diag", "kron"])
+def test_glm_covariance_equals_brute_force_jacobian_on_a_tiny_nonlinear_model(
+    structure: str,
+) -> None:
+    model = TokenMLP()
+    params = dict(model.named_parameters())
+    curv = fit_curvature(
+        model,
+        model,
+        params,
+        token_batches(3, seed=1),
+        lambda f, t: nn.functional.cross_entropy(f, t, reduction="none"),
+        "classification",
+        structure,  # type: ignore[arg-type]
+    )
+    post = LaplacePosterior(curv, 0.7)
+    test = token_batches(2, seed=2, labels=False)
+    f, cov = glm_logit_covariance(model, post, test)
+    expected = brute_force_jsj(model, post, test)
+    assert cov.shape == (8, 3, 3) and torch.linalg.eigvalsh(cov).min() > 0
+    torch.testing.assert_close(f, torch.cat([model(b) for b in test]).detach())
+    torch.testing.assert_close(cov, expected, rtol=1e-9, atol=1e-12)
+    assert all(p.grad is None for p in params.values())
+
+
+# ----------------------------------------------------------------------------- the links
+
+
+@pytest.mark.parametrize(("mu", "var"), [(3.0, 9.0), (-1.0, 4.0), (0.5, 0.25), (2.0, 25.0)])
+def test_probit_matches_the_sigmoid_gaussian_integral(mu: float, var: float) -> None:
+    """Two classes, logits (f, 0) with f ~ N(mu, var): E[sigmoid(f)] by Gauss-Hermite quadrature;
+    MacKay's sigmoid(mu / sqrt(1 + pi var / 8)) is within 0.02 of it (1 + var, say, is not)."""
+    nodes, weights = (torch.from_numpy(a) for a in np.polynomial.hermite_e.hermegauss(80))
+    exact = float((weights * torch.sigmoid(mu + math.sqrt(var) * nodes)).sum() / weights.sum())
+    cov = torch.tensor([[[var, 0.0], [0.0, 0.0]]], dtype=torch.float64)
+    p = probit_probs(torch.tensor([[mu, 0.0]], dtype=torch.float64), cov)
+    assert float(p.sum()) == pytest.approx(1.0)
+    assert float(p[0, 0]) == pytest.approx(exact, abs=0.02)
+
+
+def test_logit_draws_have_the_glm_mean_and_covariance() -> None:
+    g = torch.Generator().manual_seed(0)
+    root = torch.randn(2, 3, 3, generator=g, dtype=torch.float64)
+    cov = root @ root.transpose(1, 2)
+    cov[1, 2, :] = cov[1, :, 2] = 0.0  # a singular one: a class with no variance
+    mean = torch.randn(2, 3, generator=g, dtype=torch.float64)
+    draws = glm_logit_draws(mean, cov, 200_000, torch.Generator().manual_seed(1))
+    assert draws.shape == (200_000, 2, 3)
+    for n in range(2):
+        torch.testing.assert_close(draws[:, n].mean(0), mean[n], atol=0.02, rtol=0)
+        rel = torch.linalg.matrix_norm(torch.cov(draws[:, n].T) - cov[n])
+        assert rel / torch.linalg.matrix_norm(cov[n]) < 0.02
+    assert float(draws[:, 1, 2].std()) < 1e-6

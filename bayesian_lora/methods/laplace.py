@@ -346,3 +346,160 @@ class LaplacePosterior:
                 cov = cov[order][:, order]
             parts.append(cov)
         return torch.block_diag(*parts)
+
+
+# ----------------------------------------------------------------------------- GLM predictive
+
+
+def glm_logit_covariance(
+    forward: Callable[[dict[str, Tensor]], Tensor],
+    post: LaplacePosterior,
+    batches: Iterable[dict[str, Tensor]],
+) -> tuple[Tensor, Tensor]:
+    """The linearised model's Gaussian over the outputs: ``f*`` ``[N, K]`` and
+    ``J Sigma J^T`` ``[N, K, K]`` (float64, CPU) at every input of ``batches``.
+
+    ``forward`` must run the model whose linear blocks are ``post.curvature.blocks`` at theta*
+    (eval mode). K backward passes per batch (one per output, ``f[:, k].sum()``: examples are
+    independent, so the output gradients of one pass are every example's own); a hook on each
+    block turns its input ``a`` ``[B, T, in]`` and output gradient ``g`` ``[B, T, out]`` into the
+    exact per-example Jacobian row ``M = sum_t g_t a_t^T`` (bias: ``sum_t g_t``) and whitens it
+    by Sigma's factor, so ``J Sigma J^T = sum_blocks W W^T`` with ``W[k] = Sigma^(1/2) vec(M_k)``:
+    ``diag`` ``M / sqrt(h + delta)``; ``kron`` ``(U_G^T M U_A) / sqrt(L)`` with ``L_oi = g_o a_i / N
+    + delta`` (``U_G^T M U_A = sum_t (U_G^T g_t)(U_A^T a_t)^T``, never the dense covariance).
+    """
+    c, delta = post.curvature, post.prior_precision
+    c.eigen()
+    state: dict[str, Any] = {"k": 0}
+    whitened: dict[str, dict[int, Tensor]] = {b.weight: {} for b in c.blocks}
+    scales: dict[str, tuple[Tensor, Tensor | None]] = {}
+    for b in c.blocks:
+        if c.structure == "diag":
+            assert b.diag_w is not None
+            sb = None if b.diag_b is None else (b.diag_b + delta).rsqrt()
+            scales[b.weight] = ((b.diag_w + delta).rsqrt(), sb)
+        else:
+            a, _, g, _ = c.eig[b.weight]
+            scales[b.weight] = ((torch.outer(g, a) / c.num_data + delta).rsqrt(), None)
+
+    def make_hook(block: LinearBlock) -> Any:
+        def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+            a = inputs[0].detach()
+            a = (a[:, None] if a.dim() == 2 else a).double()  # [B, T, in]
+
+            def on_grad(grad: Tensor) -> None:
+                g = grad.detach()
+                g = (g[:, None] if g.dim() == 2 else g).double()  # [B, T, out]
+                whitened[block.weight][state["k"]] = _whiten(block, a, g, c, scales)
+
+            if output.requires_grad:
+                output.register_hook(on_grad)
+
+        return hook
+
+    handles = [b.module.register_forward_hook(make_hook(b)) for b in c.blocks]
+    means, covs = [], []
+    try:
+        for batch in batches:
+            outputs = forward(batch)
+            flat = outputs if outputs.dim() == 2 else outputs[:, None]
+            num_out = flat.shape[1]
+            for k in range(num_out):
+                state["k"] = k
+                torch.autograd.backward(flat[:, k].sum(), retain_graph=k < num_out - 1)
+            cov = torch.zeros(flat.shape[0], num_out, num_out, dtype=torch.float64)
+            for name, per_block in whitened.items():
+                if not per_block:  # the block did not take part in this forward
+                    continue
+                w = torch.stack([per_block[k] for k in range(num_out)], dim=1)  # [B, K, D_b]
+                if w.shape[0] != flat.shape[0]:
+                    raise ValueError(
+                        f"{name} sees {w.shape[0]} rows for {flat.shape[0]} outputs: the GLM "
+                        "predictive needs one model row per example"
+                    )
+                cov += torch.einsum("bkd,bld->bkl", w, w).cpu()
+                per_block.clear()
+            means.append(flat.detach().double().cpu())
+            covs.append(cov)
+    finally:
+        for h in handles:
+            h.remove()
+        for b in c.blocks:
+            for name in b.names:
+                param = getattr(b.module, name.rpartition(".")[2])
+                param.grad = None
+    return torch.cat(means), torch.cat(covs)
+
+
+def _whiten(
+    block: LinearBlock,
+    a: Tensor,
+    g: Tensor,
+    c: Curvature,
+    scales: Mapping[str, tuple[Tensor, Tensor | None]],
+) -> Tensor:
+    """``Sigma_block^(1/2) vec(M)`` ``[B, D_block]`` of the per-example Jacobian row ``M``."""
+    scale, scale_b = scales[block.weight]
+    scale = scale.to(a.device)
+    if c.structure == "diag":
+        m = torch.einsum("bto,bti->boi", g, a) * scale
+        parts = [m.flatten(1)]
+        if block.bias is not None:
+            assert scale_b is not None
+            parts.append(g.sum(1) * scale_b.to(a.device))
+        return torch.cat(parts, dim=1)
+    _, ua, _, ug = c.eig[block.weight]
+    if block.bias is not None:
+        a = torch.cat([a, torch.ones_like(a[..., :1])], dim=-1)
+    rotated = torch.einsum("bto,bti->boi", g @ ug.to(a.device), a @ ua.to(a.device))
+    return (rotated * scale).flatten(1)
+
+
+def probit_probs(mean: Tensor, cov: Tensor) -> Tensor:
+    """MacKay's probit approximation ``softmax(f* / sqrt(1 + pi/8 diag(J Sigma J^T)))``."""
+    var = torch.diagonal(cov, dim1=-2, dim2=-1)
+    return (mean / (1 + math.pi / 8 * var).sqrt()).softmax(-1)
+
+
+def glm_logit_draws(mean: Tensor, cov: Tensor, num: int, generator: torch.Generator) -> Tensor:
+    """``num`` draws ``[num, N, K]`` from N(f*, J Sigma J^T) per example (``f* + V sqrt(l) z``)."""
+    evals, evecs = torch.linalg.eigh(cov)
+    root = evecs * evals.clamp_min(0).sqrt()[:, None, :]  # [N, K, K]
+    z = torch.randn((num, *mean.shape), generator=generator, dtype=mean.dtype)
+    return mean + torch.einsum("nkl,snl->snk", root, z)
+
+
+def load_posterior(
+    tensors: Mapping[str, Tensor],
+    info: Mapping[str, Any],
+    root: nn.Module,
+    params: Mapping[str, Tensor],
+) -> LaplacePosterior:
+    """The posterior a Laplace run folder stores: ``laplace.safetensors`` (``tensors``: theta*,
+    the diagonal or the A and G factors) and ``laplace.json`` (``info``), on ``root``'s blocks."""
+    structure = str(info["structure"])
+    if structure not in STRUCTURES:
+        raise ValueError(f"laplace.json: structure {structure!r} is not one of {STRUCTURES}")
+    blocks = linear_blocks(root, params)
+    stats = {"diag": "diag_w", "diag_bias": "diag_b", "A": "A", "G": "G"}
+    for b in blocks:
+        for key, attr in stats.items():
+            t = tensors.get(f"{key}/{b.weight}")
+            setattr(b, attr, None if t is None else t.double().cpu())
+        needed = ("diag_w",) if structure == "diag" else ("A", "G")
+        missing = [a for a in needed if getattr(b, a) is None]
+        if missing or (structure == "diag" and b.bias is not None and b.diag_b is None):
+            raise ValueError(f"{LAPLACE_FILE} lacks the {structure} statistics of {b.weight}")
+    theta = {n: tensors[f"theta/{n}"].double().cpu() for n in params}
+    compute = info.get("compute") or {}
+    curvature = Curvature(
+        structure,  # type: ignore[arg-type]
+        blocks,
+        theta,
+        int(info["num_data"]),
+        float(info.get("log_likelihood", 0.0)),
+        int(compute.get("curvature_backward_passes", 0)),
+        float(compute.get("curvature_seconds", 0.0)),
+        int(compute.get("curvature_batches", 0)),
+    )
+    return LaplacePosterior(curvature, float(info["prior_precision"]))
