@@ -1035,6 +1035,9 @@ EVALUATE_RULES: list[Rule] = [
     ("split", ANY),
     ("mc_dropout", ANY),
     ("calibrate", ANY),
+    ("predictive", _one_of(["samples", "glm"])),  # glm: Laplace runs (evaluate.check_options)
+    ("glm_link", _one_of(["mc", "probit"])),
+    ("glm_samples", _int(1)),
     ("ood", ANY),
     ("shift", ANY),  # task names: evaluate.check_options
     ("single", FLAG),

@@ -156,6 +156,8 @@ def check_options(cfg: DictConfig) -> None:
     split = eval_split(cfg)
     if split not in SPLITS:
         raise ConfigError(f"split={split!r} is not allowed: one of {', '.join(SPLITS)}")
+    if is_glm(cfg):
+        check_glm_options(cfg)
     if cfg.get("ood") is not None:
         get_task(str(cfg.ood))  # unknown names raise, listing the choices
     from bayesian_lora.evaluation.predict import shift_tasks  # torch: after the light checks
@@ -170,6 +172,48 @@ def check_options(cfg: DictConfig) -> None:
                 f"calibrate={cfg.calibrate!r} fits on the validation split, so it cannot also be "
                 f"scored there (split={split!r}): use split=test"
             )
+
+
+def is_glm(cfg: DictConfig) -> bool:
+    """``predictive=glm``: the linearised Laplace predictive instead of the stored draws."""
+    return str(cfg.get("predictive", "samples")) == "glm"
+
+
+def _glm_refusal(where: str, sampler: Any) -> ConfigError:
+    return ConfigError(
+        f"predictive=glm is not allowed for {where}: a {sampler!r} run; the linearised (GLM) "
+        "predictive needs a Laplace run folder (python -m bayesian_lora.laplace run_dir=<MAP run>)"
+    )
+
+
+def check_glm_options(cfg: DictConfig) -> None:
+    """``predictive=glm``'s combinations, from the manifests' JSON copies (no torch yet); glob
+    patterns are checked once expanded (``prepare``)."""
+    import json
+
+    if cfg.get("k") is not None:
+        raise ConfigError(
+            f"k={cfg.k!r} is not allowed with predictive=glm: k selects stored draws and the GLM "
+            "predictive uses none (glm_samples sets its logit draws per example)"
+        )
+    if cfg.get("mc_dropout"):
+        raise ConfigError(
+            f"mc_dropout={cfg.mc_dropout!r} is not allowed with predictive=glm: the linearised "
+            "predictive is taken at theta* with dropout off"
+        )
+    entries = ([str(cfg.run_dir)] if cfg.get("run_dir") else []) + [
+        str(e) for e in cfg.get("run_dirs") or []
+    ]
+    for entry in entries:
+        manifest = Path(entry).expanduser() / "manifest.json"
+        if any(c in entry for c in "*?[") or not manifest.is_file():
+            continue
+        try:
+            sampler = json.loads(manifest.read_text()).get("sampler", {}).get("name")
+        except (OSError, ValueError, AttributeError):
+            continue  # opening the run folder explains it
+        if sampler != "laplace":
+            raise _glm_refusal(f"run_dir={entry!r}", sampler)
 
 
 def eval_split(cfg: DictConfig) -> str:
@@ -208,15 +252,29 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     k, K = cfg.get("k"), int(cfg.get("mc_dropout") or 0)
     split = eval_split(cfg)
     calibrate = cfg.get("calibrate")
+    glm = is_glm(cfg)
     out_dir = (
         Path(cfg.out_dir) if cfg.get("out_dir") else default_out_dir(runs, k, K, split, calibrate)
     )
-    members = select_members(runs, k)
-    samples = gather_samples(runs, members)
-    m = predict(cfg, run_cfg, runs[0], samples, members)
+    if glm and not cfg.get("out_dir"):  # beside the stored draws' evaluation, not over it
+        link = "" if str(cfg.get("glm_link", "mc")) == "mc" else f"_{cfg.glm_link}"
+        out_dir = out_dir.with_name(f"{out_dir.name}_glm{link}")
+    if glm:  # no stored draw is used: the members are logit draws (or the probit) per run
+        from bayesian_lora.laplace import glm_compute, predict_glm
+
+        members: list[tuple[int, int]] = []
+        samples: dict[str, Any] = {}
+        m = predict_glm(cfg, run_cfg, runs)
+    else:
+        members = select_members(runs, k)
+        samples = gather_samples(runs, members)
+        m = predict(cfg, run_cfg, runs[0], samples, members)
     obs_std = float(run_cfg.data.obs_std)
     result = evaluate_predictions(m.preds, m.labels, task, obs_std)
     result.update(describe(runs, members, m, k, K, task, split))
+    result["predictive"] = m.predictive
+    if glm:
+        glm_compute(result, m)
     result["parameters"] = lora_parameter_stats(samples)
     if m.ood_preds is not None:
         result["ood"] = ood_metrics(m.preds, m.ood_preds, str(cfg.ood))
@@ -245,6 +303,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         write_step_trace_diagnostics(out_dir, result, [r.path for r in runs], _thresholds(cfg))
     write_outputs(cfg, out_dir, result, m, task, diag, runs, calibrated)
     print(format_result(result, show_single=bool(cfg.get("single"))))
+    if glm:
+        p = result["predictive"]
+        draws = (
+            "probit, 1 member per run"
+            if p["link"] == "probit"
+            else f"{p['logit_draws']} logit draws per example"
+        )
+        print(f"predictive: glm (linearised Laplace; {draws}; {p['jacobian_seconds']:.1f} s)")
     return result
 
 
@@ -268,6 +334,15 @@ def prepare(cfg: DictConfig) -> tuple[list[RunFolder], DictConfig, TaskSpec]:
         with open_dict(run_cfg):
             run_cfg.model.name_or_path = str(cfg.weights)
     task = get_task(str(run_cfg.data.task))
+    if is_glm(cfg):
+        for run in runs:
+            if run.sampler != "laplace":
+                raise _glm_refusal(f"run folder {str(run.path)!r}", run.sampler)
+        if task.is_regression and str(cfg.get("glm_link", "mc")) == "probit":
+            raise ConfigError(
+                f"glm_link=probit is not allowed: it is a softmax link, and {task.name} is a "
+                "regression task (its GLM predictive is N(f*, J Sigma J^T + obs_std^2): glm_link=mc)"
+            )
     if cfg.get("ood") is not None and task.is_regression:
         raise ConfigError(
             f"ood={cfg.ood!r}: OOD scoring needs a classification task, not {task.name}"

@@ -10,24 +10,35 @@ math is in :mod:`bayesian_lora.methods.laplace`.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import hydra
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from bayesian_lora.config import CONFIG_DIR, build_datamodule
 from bayesian_lora.config_validation import ConfigError
+from bayesian_lora.errors import MissingInputError
 from bayesian_lora.evaluation.ensemble import cache_batches, labels_of, predict_samples, swap_in
 from bayesian_lora.evaluation.metrics import ensemble_metrics
-from bayesian_lora.evaluation.predict import build_eval_module, eval_run_config, resolve_device
+from bayesian_lora.evaluation.predict import (
+    Members,
+    build_eval_batches,
+    build_eval_module,
+    eval_run_config,
+    ood_batches,
+    resolve_device,
+    shift_tasks,
+)
 from bayesian_lora.evaluation.write import write_json
 from bayesian_lora.methods.laplace import (
     LAPLACE_FILE,
@@ -35,6 +46,10 @@ from bayesian_lora.methods.laplace import (
     Curvature,
     LaplacePosterior,
     fit_curvature,
+    glm_logit_covariance,
+    glm_logit_draws,
+    load_posterior,
+    probit_probs,
 )
 from bayesian_lora.runs import RunFolder, load_samples, open_run, write_samples
 from bayesian_lora.runs.layout import SAMPLES_FILE
@@ -253,6 +268,141 @@ def write_run(
         "posterior": {k: v for k, v in info.items() if k not in ("val_nll_grid", "compute")},
     }
     write_samples(out_dir, draws, manifest)
+
+
+# ----------------------------------------------------------------------------- GLM predictive
+LAPLACE_INFO = "laplace.json"
+
+
+def read_laplace_folder(run: RunFolder) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """``laplace.safetensors`` and ``laplace.json`` of a Laplace run folder (never a pickle)."""
+    files = [run.path / LAPLACE_FILE, run.path / LAPLACE_INFO]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise MissingInputError(
+            f"{run.path} has no {' or '.join(missing)}: predictive=glm needs a run folder "
+            "written by python -m bayesian_lora.laplace"
+        )
+    return load_file(str(files[0])), json.loads(files[1].read_text())
+
+
+def predict_glm(cfg: DictConfig, run_cfg: DictConfig, runs: Sequence[RunFolder]) -> Members:
+    """evaluate's ``predictive=glm``: the linearised predictive of each Laplace run.
+
+    Per run, at its theta* (``laplace.safetensors``), every input's f* and ``J Sigma J^T``
+    (:func:`~bayesian_lora.methods.laplace.glm_logit_covariance`: one forward and K backward
+    passes per batch); then members: ``glm_link=mc`` gives ``glm_samples`` logit draws per
+    example from N(f*, J Sigma J^T) (softmaxed; regression: draws of the mean, which the
+    evaluation's Gaussian mixture with ``obs_std`` turns into N(f*, J Sigma J^T + s^2)), one
+    CPU generator seeded with ``seed``; ``probit`` one member per run (MacKay). Several runs:
+    an equal mixture, members interleaved run by run (member j from run j mod R).
+    """
+    device = resolve_device(str(cfg.get("device", "auto")))
+    module = build_eval_module(run_cfg, runs[0], device)
+    dm, batches = build_eval_batches(run_cfg, device, str(cfg.get("split", "test")))
+    sets: dict[str, list[dict[str, Tensor]]] = {"test": batches}
+    if cfg.get("ood") is not None:
+        sets["ood"] = ood_batches(cfg, run_cfg, dm, device)
+    if cfg.get("calibrate") is not None:
+        sets["val"] = cache_batches(dm.val_dataloader(), device)
+    for name in shift_tasks(cfg):
+        sets[f"shift/{name}"] = ood_batches(cfg, run_cfg, dm, device, task=name)
+    regression = bool(module.task.is_regression)
+    link = "mc" if regression else str(cfg.get("glm_link", "mc"))
+    num = int(cfg.get("glm_samples", 256))
+    gen = torch.Generator().manual_seed(int(cfg.get("seed", 0)))
+    params = module.sampled_parameters()
+    per_set: dict[str, list[np.ndarray]] = {k: [] for k in sets}
+    gaussians: dict[str, list[tuple[Tensor, Tensor]]] = {k: [] for k in sets}
+    posts = []
+    seconds = 0.0
+    for run in runs:
+        tensors, info = read_laplace_folder(run)
+        post = load_posterior(tensors, info, module.model, params)
+        theta = {n: t[None].to(device, params[n].dtype) for n, t in post.curvature.theta.items()}
+        swap_in(params, theta, 0)
+        posts.append(
+            {
+                "run_dir": str(run.path),
+                "structure": info["structure"],
+                "prior_precision": post.prior_precision,
+            }
+        )
+        for key, bs in sets.items():
+            start = time.perf_counter()
+            f, cov = glm_logit_covariance(module, post, bs)
+            if key in ("test", "ood"):
+                seconds += time.perf_counter() - start
+            gaussians[key].append((f, cov))
+            if link == "probit":
+                per_set[key].append(probit_probs(f, cov)[None].float().numpy())
+                continue
+            draws = glm_logit_draws(f, cov, num, gen)  # [S, N, K]
+            out = draws[..., 0] if regression else draws.softmax(-1)
+            per_set[key].append(out.float().numpy())
+    stacked = {k: _interleave(v) for k, v in per_set.items()}
+    per_run = stacked["test"].shape[0] // len(runs)
+    labels = {k: labels_of(bs).numpy() for k, bs in sets.items()}
+    num_out = int(gaussians["test"][0][0].shape[1])
+    predictive: dict[str, Any] = {
+        "kind": "glm",
+        "link": link,
+        "logit_draws": None if link == "probit" else num,
+        "runs": posts,
+        "passes_per_example": {"forward": len(runs), "backward": len(runs) * num_out},
+        "jacobian_seconds": round(seconds, 3),
+    }
+    if regression:
+        predictive["closed_form"] = _gaussian_metrics(gaussians["test"], labels["test"], module)
+    m = Members(
+        preds=stacked["test"],
+        labels=labels["test"],
+        ood_preds=stacked.get("ood"),
+        run=np.tile(np.arange(len(runs)), per_run).astype(np.int64),
+        sample=np.repeat(np.arange(per_run), len(runs)).astype(np.int64),
+        dropout_pass=np.zeros(per_run * len(runs), dtype=np.int64),
+        seconds=seconds,
+        val_preds=stacked.get("val"),
+        val_labels=labels.get("val"),
+        predictive=predictive,
+    )
+    for key in sets:
+        if key.startswith("shift/"):
+            m.shift[key.split("/", 1)[1]] = (stacked[key], labels[key])
+    return m
+
+
+def glm_compute(result: dict[str, Any], m: Members) -> None:
+    """evaluate's ``timing`` and ``compute`` for ``predictive=glm``: the passes per test example
+    are one forward and K backward per run (not one per member: the members are logit draws)."""
+    passes = m.predictive["passes_per_example"]
+    result["timing"]["forward_passes"] = passes["forward"]
+    result["compute"]["forward_passes_per_example"] = passes["forward"]
+    result["compute"]["backward_passes_per_example"] = passes["backward"]
+
+
+def _interleave(per_run: list[np.ndarray]) -> np.ndarray:
+    """``[S, N, ...]`` per run -> ``[S * R, N, ...]`` with member j from run j mod R."""
+    stacked = np.stack(per_run, axis=1)  # [S, R, N, ...]
+    return stacked.reshape(-1, *stacked.shape[2:])
+
+
+def _gaussian_metrics(
+    gaussians: list[tuple[Tensor, Tensor]], labels: np.ndarray, module: Any
+) -> dict[str, float]:
+    """The regression GLM predictive in closed form: the equal mixture over runs of
+    N(f*, J Sigma J^T + obs_std^2); its mean NLL per example and the RMSE of its mean."""
+    y = torch.as_tensor(labels, dtype=torch.float64)
+    obs = float(module.obs_std) ** 2
+    logp = torch.stack(
+        [
+            torch.distributions.Normal(f[:, 0], (cov[:, 0, 0] + obs).sqrt()).log_prob(y)
+            for f, cov in gaussians
+        ]
+    )
+    nll = -(torch.logsumexp(logp, 0) - math.log(len(gaussians))).mean()
+    mean = torch.stack([f[:, 0] for f, _ in gaussians]).mean(0)
+    return {"nll": float(nll), "rmse": float((mean - y).pow(2).mean().sqrt())}
 
 
 def summary(info: dict[str, Any], out_dir: Path) -> str:

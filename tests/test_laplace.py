@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -183,6 +187,30 @@ def test_laplace_cli_on_a_tiny_map_run_then_evaluate(
     assert set(load_file(str(out / "laplace.safetensors"))) >= {f"theta/{n}" for n in draws}
     result = run_eval(f"run_dir={out}", "plots=false")
     assert result["num_members"] == 5 and result["runs"][0]["sampler"] == "laplace"
+    assert result["predictive"] == {"kind": "samples"}
+    # the linearised predictive beside it: logit draws (mc) and the probit, with OOD inputs
+    glm = run_eval(f"run_dir={out}", "predictive=glm", "glm_samples=64", "ood=sst2", "plots=false")
+    p = glm["predictive"]
+    assert p["kind"] == "glm" and p["link"] == "mc" and p["logit_draws"] == 64
+    assert p["runs"][0]["prior_precision"] == pytest.approx(info["prior_precision"])
+    assert p["passes_per_example"] == {"forward": 1, "backward": 2}
+    assert glm["num_members"] == 64 and glm["runs"][0]["samples_used"] == []
+    assert glm["compute"]["forward_passes_per_example"] == 1
+    assert glm["compute"]["backward_passes_per_example"] == 2
+    assert glm["compute"]["train_grad_evals"] == result["compute"]["train_grad_evals"]
+    assert glm["out_dir"] == str(out / "evaluation_glm") and glm["ood"]["n_out"] > 0
+    saved = json.loads((out / "evaluation_glm" / "metrics.json").read_text())
+    assert saved["predictive"]["kind"] == "glm"
+    probit = run_eval(f"run_dir={out}", "predictive=glm", "glm_link=probit", "plots=false")
+    assert probit["predictive"]["link"] == "probit" and probit["num_members"] == 1
+    assert probit["out_dir"] == str(out / "evaluation_glm_probit")
+    # the probit and 64 logit draws approximate one predictive: close, not equal
+    gap = abs(probit["ensemble"]["nll"] - glm["ensemble"]["nll"])
+    assert 0 < gap < 0.05, (probit["ensemble"], glm["ensemble"])
+    with pytest.raises(ConfigError, match="predictive=glm is not allowed for run_dir=.*'map' run"):
+        run_eval(f"run_dir={run}", "predictive=glm")
+    with pytest.raises(ConfigError, match="'map' run"):  # a glob, checked once expanded
+        run_eval(f"run_dirs=[{tmp_path}/ma*]", "predictive=glm")
     map_total = map_manifest["compute"]["total_grad_evals"]
     assert map_total > 0
     assert result["compute"]["train_grad_evals"] == map_total + compute["curvature_batches"]
@@ -218,14 +246,13 @@ def test_bad_laplace_options_are_refused_before_loading(tmp_path: Path) -> None:
             fit_laplace(compose_config("laplace", [f"run_dir={tmp_path}", override]))
 
 
-def test_hooked_ggn_diagonal_equals_brute_force_on_the_tiny_lora_model() -> None:
-    """Per-example Jacobians by autograd, one example and one class column at a time, with
-    padded sequences: the exact GGN diagonal the hooks must reproduce (LoRA A, B and the head)."""
+def tiny_lora_model_and_batches() -> tuple[Any, dict[str, nn.Parameter], list[dict[str, Tensor]]]:
+    """The tiny LoRA model (eval mode, every trained tensor moved off its init) and two padded
+    batches of 3 MRPC-shaped examples."""
     from omegaconf import OmegaConf
 
     from bayesian_lora.config import CONFIG_DIR
     from bayesian_lora.data.tasks import get_task
-    from bayesian_lora.methods.laplace import ggn_factors
     from bayesian_lora.models.lora import ModelSettings, build_lora_model
     from bayesian_lora.models.module import BayesianLoRAModule
 
@@ -247,6 +274,15 @@ def test_hooked_ggn_diagonal_equals_brute_force_on_the_tiny_lora_model() -> None
         batches.append(
             {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([0, 1, 1])}
         )
+    return module, params, batches
+
+
+def test_hooked_ggn_diagonal_equals_brute_force_on_the_tiny_lora_model() -> None:
+    """Per-example Jacobians by autograd, one example and one class column at a time, with
+    padded sequences: the exact GGN diagonal the hooks must reproduce (LoRA A, B and the head)."""
+    from bayesian_lora.methods.laplace import ggn_factors
+
+    module, params, batches = tiny_lora_model_and_batches()
     curv = fit_curvature(
         module, module.model, params, batches, module.per_example_nll, "classification", "diag"
     )
@@ -437,3 +473,115 @@ def test_logit_draws_have_the_glm_mean_and_covariance() -> None:
         rel = torch.linalg.matrix_norm(torch.cov(draws[:, n].T) - cov[n])
         assert rel / torch.linalg.matrix_norm(cov[n]) < 0.02
     assert float(draws[:, 1, 2].std()) < 1e-6
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ("predictive=glm k=3", "k=3 is not allowed with predictive=glm"),
+        ("predictive=glm mc_dropout=4", "mc_dropout=4 is not allowed with predictive=glm"),
+        ("predictive=linear", "predictive='linear' is not allowed: one of samples, glm"),
+        ("predictive=glm glm_link=logit", "glm_link='logit' is not allowed: one of mc, probit"),
+        ("predictive=glm glm_samples=0", "glm_samples=0 is not allowed: an integer >= 1"),
+    ],
+)
+def test_bad_glm_options_are_refused(overrides: str, match: str, tmp_path: Path) -> None:
+    from bayesian_lora.evaluate import check_options
+    from tests.helpers import compose_eval
+
+    with pytest.raises(ConfigError, match=match):
+        check_options(compose_eval([f"run_dir={tmp_path}", *overrides.split()]))
+
+
+@pytest.mark.slow
+def test_glm_on_a_map_run_is_refused_in_one_line_before_torch_loads(tmp_path: Path) -> None:
+    from tests.helpers import fake_run_folder
+
+    run = fake_run_folder(tmp_path / "map", [[[0.6, 0.4]]], [0])
+    script = (
+        "import sys\n"
+        "from omegaconf import OmegaConf\n"
+        "from bayesian_lora.config import CONFIG_DIR\n"
+        "from bayesian_lora.evaluate import check_options\n"
+        "cfg = OmegaConf.load(CONFIG_DIR / 'evaluate.yaml')\n"
+        "del cfg['defaults'], cfg['hydra']\n"
+        f"cfg.run_dir, cfg.predictive = {str(run)!r}, 'glm'\n"
+        "try:\n"
+        "    check_options(cfg)\n"
+        "except Exception as e:\n"
+        "    print(type(e).__name__, e)\n"
+        "print('torch loaded:', 'torch' in sys.modules)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    first, second = proc.stdout.strip().splitlines()
+    assert first.startswith("ConfigError predictive=glm is not allowed for run_dir=")
+    assert "a 'map' run; the linearised (GLM) predictive needs a Laplace run folder" in first
+    assert second == "torch loaded: False"
+    cli = subprocess.run(
+        [sys.executable, "-m", "bayesian_lora.evaluate", f"run_dir={run}", "predictive=glm"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    errors = [line for line in cli.stderr.splitlines() if line.startswith("error: ")]
+    assert cli.returncode == 2 and len(errors) == 1 and "'map' run" in errors[0], cli.stderr
+    assert "Traceback" not in cli.stderr
+
+
+@pytest.mark.parametrize("structure", ["diag", "kron"])
+def test_glm_covariance_equals_brute_force_on_the_tiny_lora_model(structure: str) -> None:
+    """The real model path (LoRA A and B in attention, the head, padded batches): the hooked
+    J Sigma J^T equals autograd.functional.jacobian's J times the dense Sigma times J^T."""
+    module, params, batches = tiny_lora_model_and_batches()
+    curv = fit_curvature(
+        module, module.model, params, batches, module.per_example_nll, "classification", structure
+    )  # type: ignore[arg-type]
+    post = LaplacePosterior(curv, 3.0)
+    test = [{k: v for k, v in b.items() if k != "labels"} for b in batches]
+    f, cov = glm_logit_covariance(module, post, test)
+    names = [n for b in curv.blocks for n in b.names]
+    theta = tuple(params[n].detach().clone() for n in names)
+    sigma = post.covariance()
+    expected = []
+    for batch in test:
+        for i in range(batch["input_ids"].shape[0]):
+            one = {k: v[i : i + 1] for k, v in batch.items()}
+
+            def out(*flat: Tensor, one: dict[str, Tensor] = one) -> Tensor:
+                return module(one, overrides=dict(zip(names, flat, strict=True)))[0]
+
+            jac = torch.autograd.functional.jacobian(out, theta)
+            j = torch.cat([t.flatten(1) for t in jac], dim=1).double()
+            expected.append(j @ sigma @ j.T)
+    assert sigma.shape[0] == sum(p.numel() for p in params.values())
+    torch.testing.assert_close(cov, torch.stack(expected), rtol=1e-4, atol=1e-8)
+    torch.testing.assert_close(f, torch.cat([module(b) for b in test]).detach().double())
+
+
+@pytest.mark.slow
+def test_glm_predictive_of_a_tiny_regression_run(synthetic_data_dir: Path, tmp_path: Path) -> None:
+    """STS-B: members are draws of the mean; their mixture with obs_std approximates the
+    closed-form N(f*, J Sigma J^T + obs_std^2), whose NLL ``predictive.closed_form`` holds;
+    probit refused."""
+    run = train_run(
+        synthetic_data_dir, tmp_path / "map", "data=stsb", "trainer.max_epochs=1", "prior_std=1.0"
+    )
+    fit_laplace(compose_config("laplace", [f"run_dir={run}", "structure=diag", "num_samples=2"]))
+    out = tmp_path / "map_laplace_diag"
+    result = run_eval(f"run_dir={out}", "predictive=glm", "glm_samples=400", "plots=false")
+    p = result["predictive"]
+    assert p["kind"] == "glm" and p["link"] == "mc" and result["num_members"] == 400
+    assert p["passes_per_example"] == {"forward": 1, "backward": 1}
+    closed = p["closed_form"]
+    assert math.isfinite(closed["nll"]) and closed["rmse"] > 0
+    # the MC mixture's -log of an average is biased up (Jensen), most in the tails: 400 draws
+    # of the mean come within a few percent of the exact NLL; the mean is f* up to MC noise
+    mc = result["ensemble"]
+    assert closed["nll"] - 0.02 < mc["nll"] < 1.05 * closed["nll"], (mc, closed)
+    assert mc["rmse"] == pytest.approx(closed["rmse"], rel=0.02)
+    with pytest.raises(ConfigError, match="glm_link=probit is not allowed: it is a softmax link"):
+        run_eval(f"run_dir={out}", "predictive=glm", "glm_link=probit")

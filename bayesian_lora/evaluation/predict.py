@@ -52,6 +52,8 @@ class Members:
     val_preds: np.ndarray | None = None  # [M, N_val, C], for calibrate=
     val_labels: np.ndarray | None = None
     shift: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # preds, labels
+    # metrics.json ``predictive``: the stored draws (default) or ``bayesian_lora.laplace.predict_glm``
+    predictive: dict[str, Any] = field(default_factory=lambda: {"kind": "samples"})
 
 
 def eval_run_config(cfg: DictConfig, run: RunFolder) -> DictConfig:

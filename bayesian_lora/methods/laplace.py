@@ -40,8 +40,21 @@ decreases), so ``prior_precision=marglik`` maximises it by a bounded Brent searc
 For a linear model with Gaussian noise and theta* the exact posterior mean, Laplace is exact
 (mean, covariance and evidence), which ``tests/test_laplace.py`` checks. ``val_nll`` instead
 picks, from a grid, the delta whose draws give the lowest validation NLL. theta* is not refitted
-for the chosen delta (as in laplace-torch's post-hoc use). The GLM (linearised) predictive is not
-implemented: evaluate uses the MC predictive of the drawn samples.
+for the chosen delta (as in laplace-torch's post-hoc use).
+
+Predictives. evaluate's default is the MC predictive of the drawn samples (the sample stack).
+``predictive=glm`` is the linearised (GLM) predictive: f(x, theta) ~ f(x, theta*) + J (theta -
+theta*), so the outputs are Gaussian, f ~ N(f*, J Sigma J^T), J = df/dtheta at theta* (K x D per
+input), Sigma = P^-1 as fitted (diag or KFAC). :func:`glm_logit_covariance` computes the K x K
+matrix J Sigma J^T of every input exactly for that Sigma without forming J or Sigma: K backward
+passes per batch give each example's Jacobian row of every block, ``M_k = sum_t g_tk a_t^T``
+(``g`` the block's output gradient of output k, ``a`` its input), which is whitened by the
+block's Sigma^(1/2) (diag: ``M / sqrt(h + delta)``; KFAC: ``(U_G^T M U_A) / sqrt(L)``), and
+J Sigma J^T is the sum over blocks of the whitened rows' inner products. Classification then
+takes ``glm_link=mc`` (default: S draws of f per input, softmaxed, the members; MI and OOD
+scores work as for any ensemble) or ``probit`` (MacKay: ``softmax(f* / sqrt(1 + pi/8 diag(J
+Sigma J^T)))``, one member); regression: N(f*, J Sigma J^T + s^2). For a linear model the
+linearisation is exact, so the GLM predictive is the exact posterior predictive (tested).
 
 laplace-torch 0.3 and curvlinops-for-pytorch 3.0.1 were not used: installing either from PyPI
 here pulls torch 2.14.1 with the CUDA 13 wheels and torchvision (``pip install --dry-run``),
@@ -373,6 +386,7 @@ def glm_logit_covariance(
     state: dict[str, Any] = {"k": 0}
     whitened: dict[str, dict[int, Tensor]] = {b.weight: {} for b in c.blocks}
     scales: dict[str, tuple[Tensor, Tensor | None]] = {}
+    rotations: dict[str, tuple[Tensor, Tensor]] = {}  # kron: U_A, U_G on the model's device
     for b in c.blocks:
         if c.structure == "diag":
             assert b.diag_w is not None
@@ -385,12 +399,13 @@ def glm_logit_covariance(
     def make_hook(block: LinearBlock) -> Any:
         def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
             a = inputs[0].detach()
-            a = (a[:, None] if a.dim() == 2 else a).double()  # [B, T, in]
+            a = (a[:, None] if a.dim() == 2 else a).to(_work_dtype(a))  # [B, T, in]
 
             def on_grad(grad: Tensor) -> None:
                 g = grad.detach()
-                g = (g[:, None] if g.dim() == 2 else g).double()  # [B, T, out]
-                whitened[block.weight][state["k"]] = _whiten(block, a, g, c, scales)
+                g = (g[:, None] if g.dim() == 2 else g).to(a.dtype)  # [B, T, out]
+                w = _whiten(block, a, g, c, scales, rotations)
+                whitened[block.weight][state["k"]] = w
 
             if output.requires_grad:
                 output.register_hook(on_grad)
@@ -417,7 +432,7 @@ def glm_logit_covariance(
                         f"{name} sees {w.shape[0]} rows for {flat.shape[0]} outputs: the GLM "
                         "predictive needs one model row per example"
                     )
-                cov += torch.einsum("bkd,bld->bkl", w, w).cpu()
+                cov += torch.einsum("bkd,bld->bkl", w, w).double().cpu()
                 per_block.clear()
             means.append(flat.detach().double().cpu())
             covs.append(cov)
@@ -431,27 +446,41 @@ def glm_logit_covariance(
     return torch.cat(means), torch.cat(covs)
 
 
+def _work_dtype(t: Tensor) -> torch.dtype:
+    """The whitening runs in the model's precision, at least float32 (the sum over blocks of
+    the whitened rows' inner products is accumulated in float64)."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
 def _whiten(
     block: LinearBlock,
     a: Tensor,
     g: Tensor,
     c: Curvature,
     scales: Mapping[str, tuple[Tensor, Tensor | None]],
+    rotations: dict[str, tuple[Tensor, Tensor]],
 ) -> Tensor:
     """``Sigma_block^(1/2) vec(M)`` ``[B, D_block]`` of the per-example Jacobian row ``M``."""
     scale, scale_b = scales[block.weight]
-    scale = scale.to(a.device)
+    scale = scale.to(a.device, a.dtype)
     if c.structure == "diag":
         m = torch.einsum("bto,bti->boi", g, a) * scale
         parts = [m.flatten(1)]
         if block.bias is not None:
             assert scale_b is not None
-            parts.append(g.sum(1) * scale_b.to(a.device))
+            parts.append(g.sum(1) * scale_b.to(a.device, a.dtype))
         return torch.cat(parts, dim=1)
-    _, ua, _, ug = c.eig[block.weight]
+    if block.weight not in rotations:  # the eigenvectors in the working precision, cast once
+        _, ua64, _, ug64 = c.eig[block.weight]
+        rotations[block.weight] = (ua64.to(a.device, a.dtype), ug64.to(a.device, a.dtype))
+    ua, ug = rotations[block.weight]
     if block.bias is not None:
         a = torch.cat([a, torch.ones_like(a[..., :1])], dim=-1)
-    rotated = torch.einsum("bto,bti->boi", g @ ug.to(a.device), a @ ua.to(a.device))
+    tokens, out, inp = a.shape[1], g.shape[2], a.shape[2]
+    if out * inp * (out + inp) <= tokens * (out * out + inp * inp):  # LoRA: a rank-r side
+        rotated = ug.T @ torch.einsum("bto,bti->boi", g, a) @ ua  # M first, then U_G^T M U_A
+    else:  # few positions (the head): rotate the inputs and output gradients first
+        rotated = torch.einsum("bto,bti->boi", g @ ug, a @ ua)
     return (rotated * scale).flatten(1)
 
 
