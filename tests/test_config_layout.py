@@ -39,7 +39,8 @@ def test_data_configs_differ_only_in_their_task(tasks: list[str]) -> None:
 def test_quickstart_is_a_short_map_run() -> None:
     """The README's first command: MAP, length 64, a subset, a few epochs (minutes on 2 cores)."""
     cfg = compose_train(["experiment=quickstart"])
-    assert cfg.sampler.name == "map" and cfg.model.name == "minilm" and cfg.data.task == "mrpc"
+    assert cfg.sampler.name == "map" and cfg.model.name == "minilm" and cfg.data.task == "sst2"
+    assert cfg.prior.name == "default"  # the shipped prior, chosen on validation
     assert cfg.model.max_length == 64 and cfg.data.max_train_samples == 1000
     assert cfg.trainer.max_epochs * -(-cfg.data.max_train_samples // cfg.data.batch_size) <= 100
 
