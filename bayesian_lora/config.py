@@ -499,8 +499,10 @@ def build_trainer(
     plan: ChainPlan | None,
     manifest: Manifest,
     loggers: list[Any],
-) -> tuple[L.Trainer, SampleCollector | None]:
-    """The trainer with the run's callbacks (:func:`build_callbacks`) and loggers."""
+) -> tuple[L.Trainer, SampleCollector]:
+    """The trainer with the run's callbacks (:func:`build_callbacks`) and loggers, and the
+    run's sample collector (every method has one: what it leaves in the run folder, and the
+    trainer settings it needs, :meth:`SampleCollector.trainer_overrides`)."""
     from bayesian_lora.callbacks.chain_checkpoint import AtomicCheckpointIO
     from bayesian_lora.callbacks.progress import ChainProgress
     from bayesian_lora.callbacks.sample_collector import SampleCollector
@@ -508,20 +510,17 @@ def build_trainer(
     callbacks = build_callbacks(cfg, run_dir, plan, manifest)
     overrides: dict[str, Any] = {"logger": loggers or False, "plugins": [AtomicCheckpointIO()]}
     collectors = [c for c in callbacks if isinstance(c, SampleCollector)]
-    if plan is not None and len(collectors) != 1:
+    if len(collectors) != 1:
         raise RuntimeError(
-            f"a chain needs exactly one sample collector (callbacks.samples), found "
-            f"{len(collectors)}"
+            f"a run needs exactly one sample collector (callbacks.samples), found {len(collectors)}"
         )
+    collector = collectors[0]
     if any(isinstance(c, ChainProgress) for c in callbacks):
         overrides["enable_progress_bar"] = False  # a chain has no epochs: its own status line
-    if plan is not None:
-        # The module stops the run after the last kept sample; max_steps is only a backstop
-        # (a divergence retry costs an optimizer step that the chain does not count).
-        retries = int(cfg.get("divergence_retries", 0)) if cfg.get("divergence_backoff") else 0
-        overrides.update(max_steps=plan.total_steps() + retries, max_epochs=-1, min_epochs=0)
+    retries = int(cfg.get("divergence_retries", 0)) if cfg.get("divergence_backoff") else 0
+    overrides.update(collector.trainer_overrides(retries))  # a chain's stop rule; MAP: none
     trainer = instantiate(cfg.trainer, callbacks=callbacks, **overrides)
-    return trainer, collectors[0] if collectors else None
+    return trainer, collector
 
 
 def build_callbacks(
@@ -535,7 +534,7 @@ def build_callbacks(
     from bayesian_lora.runs import RunFolder
 
     run = RunFolder(run_dir)
-    kind = "map" if plan is None else "chain"
+    kind = "map" if is_map(cfg) else "chain"  # the own callbacks it takes (CALLBACKS.run)
     run_arguments = {
         "run": run,
         "run_dir": run.path,
@@ -547,12 +546,12 @@ def build_callbacks(
     callbacks = []
     for name, node in (cfg.get("callbacks") or {}).items():
         own = CALLBACKS.get(str(name))
-        if node is None or (own is not None and own.run != kind):
+        if name == "samples":
+            node = method_collector_config(cfg, node)
+        if node is None or (own is not None and own.run not in (kind, "any")):
             continue
         if name == "progress" and not cfg.trainer.get("enable_progress_bar", True):
             continue
-        if name == "samples":
-            node = method_collector_config(cfg, node)
         callbacks.append(instantiate_node(node, run_arguments=run_arguments))
     return callbacks
 
@@ -565,10 +564,18 @@ METHOD_COLLECTORS = {
 }
 
 
-def method_collector_config(cfg: DictConfig, samples: DictConfig) -> DictConfig:
-    """The ``samples`` callback of this run: for sampler=swag or blob (a ``sampler.swag`` or
-    ``sampler.blob`` block) their collector, with the block's settings and the draws' seed
-    (``seed + <block>.draw_seed``, passed here so that config.yaml holds no per-seed value)."""
+def method_collector_config(cfg: DictConfig, samples: DictConfig | None) -> DictConfig | None:
+    """The ``samples`` callback of this run: for sampler=map MAP's collector (its one sample,
+    the best checkpoint; also when ``callbacks.samples`` is null, as MAP never read it), for
+    sampler=swag or blob (a ``sampler.swag`` or ``sampler.blob`` block) their collector, with
+    the block's settings and the draws' seed (``seed + <block>.draw_seed``, passed here so that
+    config.yaml holds no per-seed value)."""
+    from bayesian_lora.methods.map import COLLECTOR as MAP_COLLECTOR
+
+    if is_map(cfg):
+        return OmegaConf.create({"_target_": MAP_COLLECTOR, "_partial_": True})
+    if samples is None:
+        return None
     for block, (target, keys) in METHOD_COLLECTORS.items():
         settings = cfg.sampler.get(block)
         if settings is None:

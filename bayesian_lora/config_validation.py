@@ -200,7 +200,7 @@ class Callback(NamedTuple):
 
     target: str  # its shipped class; with another _target_ its keys are that class's (free)
     keys: tuple[str, ...]  # the keys a config may set (train passes the run's objects)
-    run: str  # the runs it serves: "map" or "chain"
+    run: str  # the runs it serves: "map", "chain" or "any"
     rules: tuple[Rule, ...] = ()  # checks of its values (key relative to the callback)
 
 
@@ -240,7 +240,7 @@ CALLBACKS: dict[str, Callback] = {
     "samples": Callback(
         "bayesian_lora.callbacks.sample_collector.SampleCollector",
         ("flush_every",),
-        "chain",
+        "any",  # every method's: sampler=map, swag, blob put their collector there
         (("flush_every", _int(1)),),
     ),
     "trace": Callback(

@@ -37,9 +37,7 @@ from bayesian_lora.rank_zero import process_rank
 
 # torch, Lightning, transformers, peft and datasets are imported only once the config is valid.
 if TYPE_CHECKING:
-    import lightning as L
-
-    from bayesian_lora.runs import Manifest, RunFolder
+    from bayesian_lora.runs import RunFolder
 
 log = logging.getLogger("bayesian_lora.train")
 
@@ -94,7 +92,7 @@ def _train(cfg: DictConfig, run: RunFolder, ckpt_path: str | None) -> dict[str, 
     manifest = manifest_for(cfg, datamodule, plan, module.prior)
     loggers = build_loggers(cfg, counts)
     trainer, collector = build_trainer(cfg, run_dir, plan, manifest, loggers)
-    counted_epochs = plan is not None and cfg.sampler.warmup.get("epochs") is not None
+    counted_epochs = OmegaConf.select(cfg, "sampler.warmup.epochs", default=None) is not None
     if counted_epochs and trainer.world_size != world_size(cfg):  # warm-up epochs were counted
         raise RuntimeError(
             f"the trainer runs {trainer.world_size} processes where trainer.devices x "
@@ -114,13 +112,9 @@ def _train(cfg: DictConfig, run: RunFolder, ckpt_path: str | None) -> dict[str, 
                 run_dir,
             )
             raise SystemExit(PREEMPTED_EXIT_CODE) from None
-        if plan is None:
-            if trainer.is_global_zero:  # under DDP, only rank zero writes samples
-                _write_map_sample(trainer, module, run, manifest)
-        elif collector is not None and collector.num_kept < plan.num_samples:
-            log.warning(
-                "the run stopped with %d of %d samples kept", collector.num_kept, plan.num_samples
-            )
+        planned = collector.plan.num_samples  # the collector wrote them (MAP: the best step)
+        if trainer.is_global_zero and collector.num_kept < planned:
+            log.warning("the run stopped with %d of %d samples kept", collector.num_kept, planned)
         if cfg.evaluate_on_fit_end and trainer.is_global_zero:
             metrics = evaluate_module_on_test(module, datamodule, run_dir)
             test = {f"test/{k}": v for k, v in metrics["ensemble"].items()}
@@ -130,7 +124,7 @@ def _train(cfg: DictConfig, run: RunFolder, ckpt_path: str | None) -> dict[str, 
     finally:
         close_loggers(loggers, status)
     if trainer.is_global_zero:
-        print_next_steps(run_dir, is_map=plan is None)
+        print_next_steps(run_dir, collector.next_steps(run_dir))
     return metrics
 
 
@@ -146,15 +140,11 @@ def absolute_data_dir(cfg: DictConfig) -> DictConfig:
     return saved
 
 
-def print_next_steps(run_dir: Path, is_map: bool) -> None:
-    """Where the run folder is, and the commands to try next (evaluate it; a chain from it)."""
+def print_next_steps(run_dir: Path, then: Sequence[str] = ()) -> None:
+    """Where the run folder is, and the commands to try next: evaluate it, then the method's
+    own (``then``, :meth:`SampleCollector.next_steps`: MAP's is a chain from its fit)."""
     lines = [f"run folder: {run_dir}", f"next: python -m bayesian_lora.evaluate run_dir={run_dir}"]
-    if is_map:
-        lines.append(
-            "then a chain from this MAP fit: python -m bayesian_lora.train <same options> "
-            f"sampler=sgld sampler.warmup.from_run={run_dir}"
-        )
-    print("\n".join(lines), flush=True)
+    print("\n".join([*lines, *then]), flush=True)
 
 
 def evaluate_module_on_test(module: Any, datamodule: Any, run_dir: Path) -> dict[str, Any]:
@@ -184,24 +174,6 @@ def refuse_to_overwrite(run: RunFolder) -> None:
             f"{run.path} already holds a run ({', '.join(p.name for p in existing)}): continue "
             f"it with resume={run.path}, or choose another output folder"
         )
-
-
-def _write_map_sample(trainer: L.Trainer, module: Any, run: RunFolder, manifest: Manifest) -> None:
-    """MAP keeps one sample: the parameters of the best validation-NLL checkpoint."""
-    import torch
-
-    best = getattr(trainer.checkpoint_callback, "best_model_path", "")
-    step = module.chain_step
-    if best:
-        ckpt = torch.load(best, map_location=module.device, weights_only=True)
-        module.load_state_dict(ckpt["state_dict"], strict=False)
-        step = int(ckpt.get("chain", {}).get("chain_step", step))
-        log.info("MAP: restored the best checkpoint %s (step %d)", best, step)
-    params = module.sampled_parameters()
-    samples = {name: p.detach()[None] for name, p in params.items()}
-    compute = module.compute.summary()
-    run.write_samples(samples, manifest.replace(steps=[step], status="complete", compute=compute))
-    log.info("MAP sample (step %d) written to %s", step, run.path)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from bayesian_lora.callbacks.sample_collector import SampleCollector
 from bayesian_lora.config import CONFIG_DIR
+from bayesian_lora.methods.map import MAPCollector
 from bayesian_lora.train import print_next_steps
 from tests.helpers import compose_train, smoke_overrides
 
@@ -48,12 +50,12 @@ def test_quickstart_is_a_short_map_run() -> None:
 def test_a_run_ends_with_its_folder_and_the_next_commands(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    print_next_steps(tmp_path, is_map=True)
+    print_next_steps(tmp_path, MAPCollector.next_steps(tmp_path))
     out = capsys.readouterr().out
     assert f"run folder: {tmp_path}" in out
     assert f"python -m bayesian_lora.evaluate run_dir={tmp_path}" in out
     assert f"sampler=sgld sampler.warmup.from_run={tmp_path}" in out
-    print_next_steps(tmp_path, is_map=False)
+    print_next_steps(tmp_path, SampleCollector.next_steps(tmp_path))
     assert "warmup.from_run" not in capsys.readouterr().out
 
 

@@ -57,6 +57,19 @@ class SampleCollector(L.Callback):
     def num_kept(self) -> int:
         return len(self.steps)
 
+    # ------------------------------------------------------------ the method's run
+    def trainer_overrides(self, retries: int) -> dict[str, Any]:
+        """The trainer settings this collector's run needs: a chain stops itself after its last
+        kept sample, so ``max_steps`` is only a backstop (``retries``: the divergence retries,
+        each an optimizer step the chain does not count). Methods without a chain plan
+        (:class:`bayesian_lora.methods.map.MAPCollector`) return their own."""
+        return {"max_steps": self.plan.total_steps() + retries, "max_epochs": -1, "min_epochs": 0}
+
+    @staticmethod
+    def next_steps(run_dir: Path) -> list[str]:
+        """Commands to suggest after this run, beyond evaluating it (``train.print_next_steps``)."""
+        return []
+
     # ------------------------------------------------------------ lifecycle
     def on_train_start(self, trainer: L.Trainer, pl_module: Any) -> None:
         self._trainer, self._module = trainer, pl_module

@@ -10,6 +10,7 @@ draws (see :mod:`bayesian_lora.methods.posterior`). Calibrators act on the predi
 
 | name | kind | entry |
 |---|---|---|
+| ``map`` | training (AdamW, one sample) | ``python -m bayesian_lora.train sampler=map`` |
 | ``temperature`` | calibration | ``python -m bayesian_lora.evaluate run_dir=... calibrate=temperature`` |
 | ``swag`` | training (SGD iterates) | ``python -m bayesian_lora.train sampler=swag`` |
 | ``laplace`` | post-hoc around a MAP | ``python -m bayesian_lora.laplace run_dir=<MAP run>`` |
@@ -37,6 +38,12 @@ class MethodInfo:
 METHODS: dict[str, MethodInfo] = {
     m.name: m
     for m in (
+        MethodInfo(
+            "map",
+            "training",
+            "python -m bayesian_lora.train sampler=map",
+            "AdamW on u, early stopping on val NLL, the best checkpoint as the one sample",
+        ),
         MethodInfo(
             "temperature",
             "calibration",

@@ -23,6 +23,15 @@ if TYPE_CHECKING:  # the store imports torch; a run folder's names and lock do n
     from torch import Tensor
 
 
+#: the MAP method's name (``sampler=map``; ``bayesian_lora.methods.map``)
+MAP = "map"
+
+
+def run_method(manifest: Any) -> str:
+    """The one answer to "which method wrote this run": its manifest's ``sampler.name``."""
+    return str((manifest.get("sampler") or {}).get("name", ""))
+
+
 @dataclass(frozen=True)
 class RunFolder:
     path: Path
@@ -82,8 +91,15 @@ class RunFolder:
         return str(self.manifest["sampler"]["name"])
 
     @property
+    def method(self) -> str:
+        """The run's method as its manifest names it (``sampler.name``: map, sgld, swag, ...)."""
+        return run_method(self.manifest)
+
+    @property
     def is_map(self) -> bool:
-        return self.sampler == "map"
+        """A MAP run (one sample, the best checkpoint): deep-ensemble pooling, Laplace's base
+        and ``warmup.from_run`` ask this."""
+        return self.method == MAP
 
     @property
     def num_samples(self) -> int:
@@ -169,7 +185,7 @@ def resolve_from_run(path: str | Path, seed: int) -> RunFolder:
     matches = [
         r
         for r in find_run_folders([folder], required=False)
-        if r.manifest.get("seed") == seed and r.manifest.get("sampler", {}).get("name") == "map"
+        if r.manifest.get("seed") == seed and r.is_map
     ]
     if len(matches) != 1:
         found = ", ".join(m.path.name for m in matches) or "none"
