@@ -21,6 +21,7 @@ from bayesian_lora.config_validation import override_key
 from bayesian_lora.data.tasks import get_task
 from bayesian_lora.errors import MissingInputError
 from bayesian_lora.rank_zero import process_rank
+from bayesian_lora.runs.folder import MAP
 from bayesian_lora.samplers.chain import ChainPlan
 from bayesian_lora.samplers.schedules import build_schedule
 
@@ -175,7 +176,8 @@ def upgrade_saved_config(cfg: DictConfig) -> DictConfig:
 
 
 def is_map(cfg: DictConfig) -> bool:
-    return cfg.sampler.name == "map"
+    """A MAP run's config (``sampler=map``): the config-side twin of ``RunFolder.is_map``."""
+    return bool(cfg.sampler.name == MAP)
 
 
 #: the datamodule of a ``data`` node saved without ``_target_`` (run folders of older versions)

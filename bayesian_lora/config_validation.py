@@ -30,6 +30,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from bayesian_lora.data.tasks import TASKS
 from bayesian_lora.errors import InputError
+from bayesian_lora.runs.folder import MAP
 from bayesian_lora.samplers import sampler_target, sampler_targets
 from bayesian_lora.samplers.checks import HYPERPARAMETERS, _is_int, _is_real
 
@@ -454,7 +455,7 @@ def validate_config(
     _check_task_type(cfg, errors)
     _apply(cfg, _tiny_rules(cfg), errors)
     _check_prior(cfg, errors)
-    if _get(cfg, "sampler.name") == "map":
+    if not _is_chain(cfg):
         _apply(cfg, MAP_RULES, errors)
         _check_unknown(cfg, "sampler.hparams", (), "sampler map's hparams", errors)
     else:
@@ -550,7 +551,7 @@ def schema_keys(cfg: DictConfig) -> set[str]:
     for name, cb in CALLBACKS.items():
         keys |= {f"callbacks.{name}.{k}" for k in ("_target_", "_partial_", *cb.keys)}
     own_rule = _get(cfg, "sampler.algorithm") in _methods()
-    if _get(cfg, "sampler.name") == "map" or (
+    if not _is_chain(cfg) or (
         _get(cfg, "sampler.optimizer") in (_MISSING, None) and not own_rule
     ):
         keys |= {k for k, _ in MAP_RULES}  # MAP, or a sampler without an update rule (refused)
@@ -627,7 +628,8 @@ def _check_unknown_keys(cfg: DictConfig, errors: list[str]) -> None:
 
 # ---------------------------------------------------------------- keys that do nothing
 def _is_chain(cfg: DictConfig) -> bool:
-    return _get(cfg, "sampler.name") != "map"
+    """Anything but MAP (``sampler=map``): the one question the schema asks of the method."""
+    return _get(cfg, "sampler.name") != MAP
 
 
 def _task_kind(cfg: DictConfig) -> str | None:

@@ -240,3 +240,62 @@ def test_a_map_manifest_leaves_out_the_chain_keys(tmp_path: Path) -> None:
     chain = manifest_for(chain_cfg, data, build_chain_plan(chain_cfg))  # type: ignore[arg-type]
     assert chain["sampler"]["algorithm"] == "sgld" and chain["sampler"]["burn_in"] == 4
     assert {"temperature", "thin", "num_samples", "warmup", "schedule"} <= set(chain["sampler"])
+
+
+def test_map_and_a_chain_go_through_one_trainer_and_collector_path(
+    synthetic_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MAP is one method among the others: ``train`` builds its trainer with the same function
+    and its sample collector writes its one sample (the best checkpoint's step, no step-size
+    scales, the compute block); only the collector's trainer settings differ (a chain stops
+    itself after its last sample, MAP by epochs and early stopping)."""
+    import bayesian_lora.train as train_module
+    from bayesian_lora.callbacks.sample_collector import SampleCollector
+
+    built: list[tuple[object, SampleCollector]] = []
+    original = train_module.build_trainer
+
+    def recording(*args: object, **kwargs: object) -> object:
+        trainer, collector = original(*args, **kwargs)  # type: ignore[arg-type]
+        built.append((trainer, collector))
+        return trainer, collector
+
+    monkeypatch.setattr(train_module, "build_trainer", recording)
+    out_map, out_chain = tmp_path / "map", tmp_path / "chain"
+    base = ["data=mrpc", "evaluate_on_fit_end=false"]
+    train(
+        compose_train(smoke_overrides(synthetic_data_dir, out_map, *base, "trainer.max_epochs=2"))
+    )
+    train(
+        compose_train(smoke_overrides(synthetic_data_dir, out_chain, *base, "sampler=sgld", *CHAIN))
+    )
+    assert len(built) == 2
+    (map_trainer, map_collector), (chain_trainer, chain_collector) = built
+    assert type(map_collector).__module__ == "bayesian_lora.methods.map"
+    assert isinstance(map_collector, SampleCollector) and type(chain_collector) is SampleCollector
+    assert (
+        map_collector.num_kept == 1 and chain_collector.num_kept == chain_collector.plan.num_samples
+    )
+    assert map_collector.trainer_overrides(0) == {}
+    assert chain_trainer.max_steps == chain_collector.plan.total_steps()  # type: ignore[attr-defined]
+    assert map_trainer.max_epochs == 2  # type: ignore[attr-defined]
+    _, manifest = load_samples(out_map)
+    best = torch.load(out_map / "checkpoints" / "best.ckpt", weights_only=True)
+    assert manifest.steps == [best["chain"]["chain_step"]] and manifest.status == "complete"
+    assert manifest.step_size_scales == [] and manifest.compute["total_steps"] > 0
+    assert manifest["sampler"]["name"] == "map" and manifest["sampler"]["algorithm"] == "map"
+
+
+def test_training_a_run_asks_no_map_question() -> None:
+    """How a run is trained and written goes through its collector: the trainer-building and
+    the training functions never ask whether the run is MAP (the method's own file does)."""
+    import inspect
+
+    import bayesian_lora.config as config_module
+    import bayesian_lora.train as train_module
+
+    for fn in (train_module._train, config_module.build_trainer, train_module.print_next_steps):
+        source = inspect.getsource(fn)
+        for special in ("is_map", "plan is None", "plan is not None", '"map"'):
+            assert special not in source, f"{fn.__name__} special-cases MAP: {special}"
+    assert not hasattr(train_module, "_write_map_sample")

@@ -44,6 +44,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+#: the phases whose steps are AdamW on u: a MAP run's (all of it) and a chain's warm start
+ADAMW_PHASES = ("map", "warmup")
+
+
 class DivergenceError(RuntimeError):
     """The chain produced a non-finite potential or parameter."""
 
@@ -143,10 +147,6 @@ class BayesianLoRAModule(L.LightningModule):
         )
 
     # ----------------------------------------------------------------- the potential
-    @property
-    def is_map(self) -> bool:
-        return self.sampler_factory is None
-
     def sampled_parameters(self) -> dict[str, nn.Parameter]:
         """Every trained parameter: what the warm start trains, each kept sample stores, the
         checkpoints hold and evaluation swaps in (held-fixed groups included)."""
@@ -201,7 +201,7 @@ class BayesianLoRAModule(L.LightningModule):
     def training_loss(self, batch: dict[str, Tensor], phase: str) -> tuple[Tensor, Tensor]:
         """(loss, mean NLL) that the step of ``phase`` minimises: u, or the ``objective``'s
         loss in the sampler phases (burn-in, sampling) when there is one."""
-        if self.objective is not None and phase not in ("map", "warmup"):
+        if self.objective is not None and phase not in ADAMW_PHASES:
             return cast(tuple[Tensor, Tensor], cast(Any, self.objective).loss(self, batch))
         return self.potential(batch)
 
@@ -220,13 +220,13 @@ class BayesianLoRAModule(L.LightningModule):
             params, lr=self.adamw.lr, betas=self.adamw.betas, weight_decay=self.adamw.weight_decay
         )
         factory = self.sampler_factory
-        if factory is None:  # MAP (is_map)
+        if factory is None:  # a method without a sampler phase (MAP): AdamW throughout
             return [adamw]
         return [adamw, factory(self.sampler_param_groups())]
 
     def on_train_start(self) -> None:
         self.compute.start()
-        if self.is_map:  # the loader length per rank is known only now (DDP shards it)
+        if self.plan is None:  # the loader length per rank is known only now (DDP shards it)
             estimated = self.trainer.estimated_stepping_batches
             if math.isfinite(estimated):
                 self.total_map_steps = int(estimated)
@@ -242,7 +242,13 @@ class BayesianLoRAModule(L.LightningModule):
         return self.adamw.lr * max(0.0, (total - step) / max(1, total - warm))
 
     def phase(self, step: int) -> str:
+        """The plan's phase of ``step``; ``map`` throughout for a run without a plan (MAP)."""
         return "map" if self.plan is None else self.plan.phase(step)
+
+    @property
+    def adamw_steps(self) -> int:
+        """The length of the AdamW schedule: the chain's warm start, or the whole run (MAP)."""
+        return self.total_map_steps if self.plan is None else self.plan.warmup_steps
 
     # ----------------------------------------------------------------- training
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
@@ -265,13 +271,9 @@ class BayesianLoRAModule(L.LightningModule):
             return u
 
         plan = self.plan
-        if phase == "map" or plan is None:  # phase() is "map" exactly when there is no plan
+        if phase in ADAMW_PHASES or plan is None:  # phase() is "map" exactly when no plan
             opt = optimizers[0]
-            lr = self.adamw_lr(step, self.total_map_steps)
-            set_dropout(self.model, True)
-        elif phase == "warmup":
-            opt = optimizers[0]
-            lr = self.adamw_lr(step, plan.warmup_steps)
+            lr = self.adamw_lr(step, self.adamw_steps)
             set_dropout(self.model, True)
         else:
             opt = optimizers[1]
@@ -352,7 +354,7 @@ class BayesianLoRAModule(L.LightningModule):
         attempt. A non-finite potential at the current state cannot be fixed by a smaller step
         (and going back further would discard accepted steps): the run stops.
         """
-        name = "AdamW" if phase in ("map", "warmup") else type(opt.optimizer).__name__
+        name = "AdamW" if phase in ADAMW_PHASES else type(opt.optimizer).__name__
         message = (
             f"non-finite potential or parameters at step {step} ({phase} phase) with {name}, "
             f"step size {lr:g}"

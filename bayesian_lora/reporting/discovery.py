@@ -18,7 +18,7 @@ from typing import Any, cast
 from omegaconf import OmegaConf
 
 from bayesian_lora.evaluation.write import EVALUATION_DIR, METRICS_FILE, json_load
-from bayesian_lora.runs import RunFolder, SampleFileError
+from bayesian_lora.runs import MAP, RunFolder, SampleFileError
 from bayesian_lora.runs import find_run_folders as _find_runs
 
 # Config keys that differ between seeds of one configuration, only say where things are, or
@@ -69,14 +69,18 @@ class SweepRun:
         return int(self.config.get("seed", 0))
 
     @property
+    def is_map(self) -> bool:
+        return self.sampler == MAP
+
+    @property
     def temperature(self) -> float | None:
         t = self.config["sampler"].get("temperature")
-        return None if t is None or self.sampler == "map" else float(t)
+        return None if t is None or self.is_map else float(t)
 
     @property
     def step_size(self) -> float | None:
         lr = self.config["sampler"].get("lr")  # MAP's is AdamW's learning rate: not shown
-        return None if lr is None or self.sampler == "map" else float(lr)
+        return None if lr is None or self.is_map else float(lr)
 
 
 @dataclass
@@ -93,7 +97,7 @@ class Group:
 
     @property
     def is_map(self) -> bool:
-        return self.first.sampler == "map"
+        return self.first.is_map
 
 
 @dataclass
@@ -282,7 +286,7 @@ def group_runs(runs: Sequence[SweepRun]) -> list[Group]:
 
 
 def _order(sampler: str) -> tuple[int, str]:
-    return (0 if sampler == "map" else 1, sampler)
+    return (0 if sampler == MAP else 1, sampler)
 
 
 def _t(group: Group) -> float:

@@ -49,7 +49,7 @@ from bayesian_lora.reporting.discovery import (
     eval_folders_of,
     ood_columns,
 )
-from bayesian_lora.runs import SampleFileError
+from bayesian_lora.runs import MAP, SampleFileError
 
 #: The metric keys of the table (fractions; formatting scales them).
 METRIC_KEYS = (
@@ -433,7 +433,7 @@ def paired_deltas(rows: Sequence[dict[str, Any]], ctx: RowContext) -> None:
     ``_ci_high``; ``delta_vs`` names the reference)."""
     refs: dict[tuple[str, str], Mapping[str, Any]] = {}
     for row in rows:
-        if row.get("kind") == "single" and row.get("sampler") == "map":
+        if row.get("kind") == "single" and row.get("sampler") == MAP:
             refs.setdefault((row["model"], row["task"]), row)
     for row in rows:
         ref = refs.get((row["model"], row["task"]))

@@ -7,7 +7,14 @@ names, config and lock (e.g. refusing a bad ``resume=``) stays light.
 
 from typing import TYPE_CHECKING, Any
 
-from bayesian_lora.runs.folder import RunFolder, find_run_folders, open_run, resolve_from_run
+from bayesian_lora.runs.folder import (
+    MAP,
+    RunFolder,
+    find_run_folders,
+    open_run,
+    resolve_from_run,
+    run_method,
+)
 from bayesian_lora.runs.lock import RunFolderLockedError, RunLock
 from bayesian_lora.runs.manifest import (
     SCHEMA,
@@ -17,6 +24,7 @@ from bayesian_lora.runs.manifest import (
 )
 
 __all__ = [
+    "MAP",
     "SCHEMA",
     "LegacyRunFolderError",
     "Manifest",
@@ -29,6 +37,7 @@ __all__ = [
     "open_run",
     "read_manifest",
     "resolve_from_run",
+    "run_method",
     "write_samples",
 ]
 
