@@ -46,10 +46,14 @@ def _callbacks(tmp_path: Path, *overrides: str) -> list[Any]:
 
 def test_map_runs_get_the_map_callbacks_and_a_users_one(tmp_path: Path) -> None:
     callbacks = _callbacks(tmp_path, LR_MONITOR)
-    assert _names(callbacks) == ["EarlyStopping", "ModelCheckpoint", "LearningRateMonitor"]
+    names = ["EarlyStopping", "ModelCheckpoint", "MAPCollector", "LearningRateMonitor"]
+    assert _names(callbacks) == names  # MAP's collector writes its one sample (methods/map.py)
     best = callbacks[1]
     assert Path(best.dirpath) == tmp_path / "checkpoints" and best.filename == "best"
     assert best.monitor == callbacks[0].monitor == "val/nll"  # selection follows early stopping
+    assert callbacks[2].run_dir == tmp_path and callbacks[2].plan.num_samples == 1
+    # MAP never read callbacks.samples: null there still gives MAP its collector
+    assert "MAPCollector" in _names(_callbacks(tmp_path, "callbacks.samples=null"))
 
 
 def test_chains_get_the_chain_callbacks_completed_with_the_run(tmp_path: Path) -> None:
