@@ -288,7 +288,11 @@ def build_module(
     factory: Any = None
     objective = None
     prior = build_prior_for(cfg, model)
-    if plan is not None and sampler_algorithm(cfg) == "blob":  # VI: AdamW on the negative ELBO
+    if is_map(cfg):  # AdamW on u throughout, no sampler phase (methods/map.py)
+        from bayesian_lora.methods.map import adamw_settings
+
+        adamw = adamw_settings(s)
+    elif sampler_algorithm(cfg) == "blob":  # VI: AdamW on the negative ELBO
         import torch
 
         from bayesian_lora.methods.blob import build_objective
@@ -299,7 +303,7 @@ def build_module(
         objective = build_objective(prior, trained, s.blob, float(s.temperature), seed)
         factory = partial(torch.optim.AdamW, lr=float(s.lr), weight_decay=0.0)
         adamw = AdamWSettings(lr=float(s.warmup.lr))
-    elif plan is not None:  # sampler.optimizer is a _partial_: the module passes the parameters
+    else:  # sampler.optimizer is a _partial_: the module passes the parameters
         factory = instantiate_node(
             optimizer_config(cfg),
             lr=float(s.lr),
@@ -309,11 +313,7 @@ def build_module(
             **s.hparams,
         )
         adamw = AdamWSettings(lr=float(s.warmup.lr))
-    else:
-        adamw = AdamWSettings(
-            lr=float(s.lr), weight_decay=float(s.weight_decay), warmup_ratio=float(s.warmup_ratio)
-        )
-    if cfg.grad_clip is not None and plan is not None:
+    if cfg.grad_clip is not None and factory is not None:
         warnings.warn(
             "grad_clip is set: clipping gradients during sampling biases the chain", stacklevel=2
         )
@@ -336,9 +336,8 @@ def build_module(
         divergence_retries=int(cfg.get("divergence_retries", 3)),
         objective=objective,
     )
-    if plan is not None and s.warmup.get("from_run"):
-        run = from_run_folder(cfg)
-        assert run is not None
+    run = from_run_folder(cfg)  # None for MAP and for a chain with its own warm start
+    if run is not None:
         init_from_run(module, run)
     return module, counts
 

@@ -551,9 +551,7 @@ def schema_keys(cfg: DictConfig) -> set[str]:
     for name, cb in CALLBACKS.items():
         keys |= {f"callbacks.{name}.{k}" for k in ("_target_", "_partial_", *cb.keys)}
     own_rule = _get(cfg, "sampler.algorithm") in _methods()
-    if not _is_chain(cfg) or (
-        _get(cfg, "sampler.optimizer") in (_MISSING, None) and not own_rule
-    ):
+    if not _is_chain(cfg) or (_get(cfg, "sampler.optimizer") in (_MISSING, None) and not own_rule):
         keys |= {k for k, _ in MAP_RULES}  # MAP, or a sampler without an update rule (refused)
     # MAP keeps the chain keys that shared configs (debug=smoke, experiments) give every
     # sampler; INERT_RULES refuse them when the command line sets them.

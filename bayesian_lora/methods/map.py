@@ -34,6 +34,7 @@ import lightning as L
 import torch
 
 from bayesian_lora.callbacks.sample_collector import SampleCollector
+from bayesian_lora.models.module import AdamWSettings
 from bayesian_lora.runs.folder import MAP, RunFolder
 from bayesian_lora.runs.manifest import Manifest
 from bayesian_lora.samplers.chain import ChainPlan
@@ -46,6 +47,15 @@ COLLECTOR = "bayesian_lora.methods.map.MAPCollector"
 
 #: what a MAP run keeps: one sample (the collector takes it at the end, not at a planned step)
 ONE_SAMPLE = ChainPlan(warmup_steps=0, burn_in=0, thin=1, num_samples=1)
+
+
+def adamw_settings(sampler: Any) -> AdamWSettings:
+    """MAP's AdamW from its ``sampler`` config: ``lr``, ``weight_decay``, ``warmup_ratio``."""
+    return AdamWSettings(
+        lr=float(sampler.lr),
+        weight_decay=float(sampler.weight_decay),
+        warmup_ratio=float(sampler.warmup_ratio),
+    )
 
 
 class MAPCollector(SampleCollector):
