@@ -219,6 +219,7 @@ def test_the_module_minimises_the_hand_computed_elbo_over_n(
         "sampler.burn_in=0",
         "sampler.thin=1",
         "prior.lora_B=0.05",
+        "prior.dW_fraction=0.01",  # the value _hand_elbo solves sigma_A with
         "evaluate_on_fit_end=false",
     ]
     inject(monkeypatch, watch)
