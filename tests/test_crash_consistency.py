@@ -161,6 +161,20 @@ def test_a_crash_at_any_write_site_then_resume_gives_the_same_chain(
 STEPS = 2 + 1 + 5 * 2
 
 
+def killed_at(step: int, inside: bool, data_dir: Path, out: Path) -> int:
+    """The exit status of a run SIGKILLed at chain step ``step``: right after it, or inside it
+    (gradients computed, update not applied)."""
+
+    def kill(module: Any) -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def body() -> None:
+        with_callbacks(BeforeUpdate(step, kill) if inside else AtStep(step, kill))
+        run(data_dir, out)
+
+    return in_child(body)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_sigkill_at_a_random_step_then_resume_gives_the_same_chain(
     seed: int, reference: Reference, synthetic_data_dir: Path, tmp_path: Path
@@ -169,14 +183,7 @@ def test_sigkill_at_a_random_step_then_resume_gives_the_same_chain(
     step = rng.randint(1, STEPS - 1)
     inside = rng.random() < 0.5  # between steps, or inside one (gradients computed, no update)
 
-    def kill(module: Any) -> None:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-    def body() -> None:
-        with_callbacks(BeforeUpdate(step, kill) if inside else AtStep(step, kill))
-        run(synthetic_data_dir, tmp_path)
-
-    assert in_child(body) == -signal.SIGKILL
+    assert killed_at(step, inside, synthetic_data_dir, tmp_path) == -signal.SIGKILL
     assert_only_kept_rows(tmp_path, reference)
     if seed == 0:  # the dead writer's lock is reported, and kept until broken explicitly
         before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
@@ -200,14 +207,7 @@ def test_sigkill_at_an_epoch_boundary_then_resume_gives_the_same_chain(
     step = epochs * steps_per_epoch_of(reference.folder)
     assert step < STEPS
 
-    def kill(module: Any) -> None:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-    def body() -> None:
-        with_callbacks(BeforeUpdate(step, kill) if inside else AtStep(step, kill))
-        run(synthetic_data_dir, tmp_path)
-
-    assert in_child(body) == -signal.SIGKILL
+    assert killed_at(step, inside, synthetic_data_dir, tmp_path) == -signal.SIGKILL
     assert_only_kept_rows(tmp_path, reference)
     resume(tmp_path, "break_lock=true")
     assert_finished_like(tmp_path, reference)

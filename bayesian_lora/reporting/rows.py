@@ -121,6 +121,15 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else math.nan
 
 
+def per_seed_cost(runs: Sequence[Any]) -> dict[str, float | None]:
+    """A single-run row's training cost: the mean over its seeds of each run's own cost plus its
+    warm start's (:mod:`bayesian_lora.compute`)."""
+    return {
+        "train_grad_evals": _mean([_f(total_grad_evals(r.compute)) for r in runs]),
+        "train_seconds": _mean([total_train_seconds(r.compute) for r in runs]),
+    }
+
+
 def _mean(values: Sequence[float | None]) -> float | None:
     vals = [v for v in values if v is not None]
     return float(np.mean(vals)) if vals and len(vals) == len(values) else None
@@ -187,8 +196,7 @@ def group_row(group: Group, ctx: RowContext | None = None) -> dict[str, Any]:
     arrays = [ctx.predictions(r.path) for r in group.runs]
     members = [int(a["predictions"].shape[0]) for a in arrays if a is not None]
     row["members"] = _count(members) if len(members) == len(arrays) else None
-    row["train_grad_evals"] = _mean([_f(total_grad_evals(r.compute)) for r in group.runs])
-    row["train_seconds"] = _mean([total_train_seconds(r.compute) for r in group.runs])
+    row.update(per_seed_cost(group.runs))
     per_run = [
         eval_folders_of(ctx.evals, [r], m) for r, m in zip(group.runs, members, strict=False)
     ]
@@ -349,8 +357,7 @@ def temperature_single_row(group: Group, ctx: RowContext) -> dict[str, Any] | No
         [float((e.calibration or {})["temperature"]) for _, e in found]
     )
     row["members"] = _count([e.num_members for _, e in found])
-    row["train_grad_evals"] = _mean([_f(total_grad_evals(r.compute)) for r in runs])
-    row["train_seconds"] = _mean([total_train_seconds(r.compute) for r in runs])
+    row.update(per_seed_cost(runs))
     row["eval_seconds"] = _eval_seconds([e for _, e in found])
     row["from"] = [str(e.path) for _, e in found]
     probs = [p for _, e in found if (p := _calibrated(e, ctx)) is not None]
