@@ -141,6 +141,18 @@ def test_plan_cyclical_burn_in_mid_cycle() -> None:
     assert [t for t in range(100) if plan.is_kept(t)] == [13, 17, 21]
 
 
+def test_plan_eligible_steps_and_cycles() -> None:
+    sched = CyclicalCosine(0.1, cycle_length=4, exploration_fraction=0.5)
+    plan = ChainPlan(warmup_steps=2, burn_in=3, thin=2, num_samples=3, schedule=sched)
+    # s = t - 2 >= 3 with s % 4 in {2, 3}: s = 3, 6, 7, 10, 11, 14 -> t = 5, 8, 9, 12, 13, 16
+    eligible = [t for t in range(plan.total_steps()) if plan.is_eligible(t)]
+    assert eligible == [5, 8, 9, 12, 13, 16]
+    assert plan.kept_steps() == eligible[1::2] == [8, 12, 16]
+    assert [plan.cycle(t) for t in (0, 1, 2, 5, 6, 8, 12, 16)] == [None, None, 0, 0, 1, 1, 2, 3]
+    assert [sched.cycle(s) for s in (0, 3, 4, 7, 8)] == [0, 0, 1, 1, 2]
+    assert ChainPlan(warmup_steps=0, burn_in=0, thin=1, num_samples=2).cycle(5) is None
+
+
 def test_plan_validate_message_cyclical() -> None:
     sched = CyclicalCosine(0.1, cycle_length=50, exploration_fraction=0.5)
     plan = ChainPlan(

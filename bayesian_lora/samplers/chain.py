@@ -84,15 +84,29 @@ class ChainPlan:
             for k in range(1, self.num_samples + 1)
         ]
 
-    def is_kept(self, t: int) -> bool:
+    def is_eligible(self, t: int) -> bool:
+        """Global step ``t`` is past burn-in and its schedule may collect (the kept samples are
+        every ``thin``-th of these steps)."""
         s = t - self.warmup_steps
         if s < self.burn_in:
             return False
         period, offsets = self._pattern
-        if s % period not in offsets:
+        return s % period in offsets
+
+    def is_kept(self, t: int) -> bool:
+        if not self.is_eligible(t):
             return False
+        s = t - self.warmup_steps
         rank = self._eligible_before(s) - self._skipped + 1  # 1-based among eligible steps
         return rank % self.thin == 0 and rank // self.thin <= self.num_samples
+
+    def cycle(self, t: int) -> int | None:
+        """The 0-based cycle of a cyclical schedule that global step ``t`` falls in
+        (:meth:`CyclicalCosine.cycle` of its sampler step); None for other schedules and for
+        warm-up steps."""
+        if not isinstance(self.schedule, CyclicalCosine) or t < self.warmup_steps:
+            return None
+        return self.schedule.cycle(t - self.warmup_steps)
 
     def total_steps(self) -> int:
         """Global steps the run takes: the last kept step + 1."""

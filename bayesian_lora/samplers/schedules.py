@@ -111,6 +111,11 @@ class CyclicalCosine(StepSizeSchedule):
     def collection_period(self) -> int:  # type: ignore[override]
         return self.cycle_length
 
+    def cycle(self, step: int) -> int:
+        """The 0-based cycle that sampler step ``step`` belongs to (``floor(s / L)``); the
+        report groups a chain's kept samples and trace by it."""
+        return step // self.cycle_length
+
     def _position(self, step: int) -> float:
         return (step % self.cycle_length) / self.cycle_length
 
