@@ -135,6 +135,26 @@ def mutual_information(sample_probs: Any) -> np.ndarray:
     return np.clip(mi, 0.0, None)
 
 
+# ----------------------------------------------------------------------------- two predictives
+
+
+def compare_predictives(p: Any, q: Any, eps: float = EPS) -> dict[str, float]:
+    """How far apart two predictives ``[N, C]`` of the same examples are, each a mean over
+    examples: ``disagreement`` (fraction whose argmax differs), ``tv`` (total variation
+    ``1/2 sum_c |p_c - q_c|``, in [0, 1]) and ``sym_kl`` (Jeffreys' symmetric KL
+    ``KL(p||q) + KL(q||p) = sum_c (p_c - q_c)(log p_c - log q_c)``, nats; p, q clamped below at
+    ``eps``)."""
+    a, b = as_numpy(p), as_numpy(q)
+    if a.ndim != 2 or a.shape != b.shape or a.shape[0] == 0:
+        raise ValueError(f"expected two predictives [N, C] of one shape, got {a.shape}, {b.shape}")
+    log_ratio = np.log(np.clip(a, eps, None)) - np.log(np.clip(b, eps, None))
+    return {
+        "disagreement": float(np.mean(a.argmax(axis=1) != b.argmax(axis=1))),
+        "tv": float(np.mean(0.5 * np.abs(a - b).sum(axis=1))),
+        "sym_kl": float(np.mean(((a - b) * log_ratio).sum(axis=1))),
+    }
+
+
 # ----------------------------------------------------------------------------- task metrics
 
 
