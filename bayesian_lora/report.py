@@ -14,7 +14,12 @@ comparison and trace plots. Per model and task:
   temperature-scaled twins where evaluated; 95% bootstrap CIs over test examples, paired across
   rows (:mod:`~bayesian_lora.reporting.bootstrap`); compute columns;
 * a per-chain table (:mod:`~bayesian_lora.reporting.chain_checks`): each chain's within-chain
-  stationarity (Geweke z) and bulk ESS of its per-step trace, one verdict line per config;
+  stationarity (Geweke z) and bulk ESS of its per-step trace, one verdict line per config
+  (not applicable to cyclical chains, whose trace alternates phases);
+* for cyclical chains (cSGLD, cSGHMC), one row per (chain, cycle)
+  (:mod:`~bayesian_lora.reporting.cycles`): the cycle's kept samples, trace means and Geweke z
+  over its sampling stage, its own ensemble's test metrics, and how far consecutive cycles'
+  predictives and last samples are apart, with one verdict per chain;
 * MCMC diagnostics with the seeds as chains (R-hat, ESS), as before.
 
 This module is the command and the orchestration; the parts live in ``bayesian_lora.reporting``.
@@ -49,7 +54,9 @@ from bayesian_lora.reporting.chain_checks import (
     chain_rows,
     config_verdict,
     group_diagnostics,
+    is_cyclical,
 )
+from bayesian_lora.reporting.cycles import cycle_rows, cycle_verdicts
 from bayesian_lora.reporting.discovery import (
     Group,
     SweepRun,
@@ -65,6 +72,8 @@ from bayesian_lora.reporting.tables import (
     chains_csv_frame,
     chains_frame,
     csv_frame,
+    cycles_csv_frame,
+    cycles_frame,
     diagnostics_table,
     markdown,
     markdown_table,
@@ -102,6 +111,23 @@ HOW_TO_READ = (
     "the fitted temperature; `Δ ... vs map`: the row minus the task's MAP row with the CI of the "
     "difference on the same resamples. Model selection used validation only; test is looked "
     "at here."
+)
+
+
+CYCLES_HOW_TO_READ = (
+    "One row per (chain, cycle) of each cyclical chain; `cycle` is the schedule's 0-based cycle "
+    "number. `kept`: kept samples of the cycle; `steps`: traced steps of its sampling stage "
+    "(past burn-in, where the schedule collects); `mean ...`: each per-step trace summary "
+    "averaged over those steps; `max |z|`: the largest Geweke |z| within the sampling stage "
+    "(first 10% against last 50%; bold above {z:g}: still settling while kept; not checked below "
+    "40 steps; the step size still falls within the stage, so no flag is no proof of "
+    "stationarity); `acc (%)`, `test nll`: the cycle's own ensemble (the mean predictive of its "
+    "kept samples) on test; `... prev`: its predictive against the previous cycle's "
+    "(`disagree`: % of test examples whose argmax differs, `TV`: total variation, `sym KL`: "
+    "KL(p||q) + KL(q||p) in nats, means over test examples); `... halves`: the same between the "
+    "first and second half of the cycle's kept samples, a within-cycle reference; `jump / walk`: "
+    "the distance between the last samples of the previous cycle and this one over the summed "
+    "distances between consecutive kept samples of this cycle (all sampled parameters)."
 )
 
 
@@ -174,6 +200,8 @@ def build_report(
     thresholds = (rhat_threshold, ess_threshold, stationarity_z)
     diags = [d for g in groups if (d := group_diagnostics(g, probes, *thresholds))]
     chains, verdicts = per_chain(groups, trace_summaries, stationarity_z, trace_from)
+    cycles, cycle_notes = per_cycle(groups, trace_summaries, stationarity_z)
+    notes += cycle_notes + cyclical_trace_notes(diags, groups)
     out_dir.mkdir(parents=True, exist_ok=True)
     for d in diags:  # each sampler group's chains as an ArviZ InferenceData (netCDF)
         d["inference_data"] = write_diagnostics_data(out_dir, d, _diag_prefix(d))
@@ -185,6 +213,8 @@ def build_report(
         "rows": rows,
         "chains": chains,
         "chain_verdicts": verdicts,
+        "cycles": cycles,
+        "cycle_verdicts": cycle_verdicts(cycles),
         "trace_summaries": list(trace_summaries),
         "trace_from": trace_from,
         "diagnostics": [public(d) for d in diags],
@@ -213,6 +243,31 @@ def per_chain(
                 }
             )
     return chains, verdicts
+
+
+def per_cycle(
+    groups: Sequence[Group], names: Sequence[str], stationarity_z: float
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every cycle of every cyclical chain, and why a cyclical chain was skipped."""
+    cycles: list[dict[str, Any]] = []
+    notes: list[str] = []
+    for g in groups:
+        rows, why = cycle_rows(g, names, stationarity_z)
+        cycles += rows
+        notes += why
+    return cycles, notes
+
+
+def cyclical_trace_notes(diags: Sequence[Mapping[str, Any]], groups: Sequence[Group]) -> list[str]:
+    """The seeds-as-chains per-step trace table of a cyclical config spans whole cycles."""
+    cyclical = {g.label for g in groups if not g.is_map and is_cyclical(g.first.config)}
+    return [
+        f"**{d['method']}** is cyclical: its per-step traces (seeds as chains) run over whole "
+        "cycles, exploration stages included, so their Geweke column compares phases of the "
+        "cycles; read the per-cycle checks under Cycles of cyclical chains"
+        for d in diags
+        if d["method"] in cyclical and "trace" in d
+    ]
 
 
 def best_rows(rows: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -266,6 +321,8 @@ def write_report(
     if report["chains"]:
         names = report["trace_summaries"]
         chains_csv_frame(report["chains"], names).to_csv(out_dir / "chains.csv", index=False)
+    if report["cycles"]:
+        cycles_csv_frame(report["cycles"]).to_csv(out_dir / "cycles.csv", index=False)
     write_json(out_dir / "report.json", report)
 
 
@@ -280,6 +337,8 @@ def markdown_report(
     ]
     chains = _by_task(report["chains"])
     verdicts = _by_task(report["chain_verdicts"])
+    cycles = _by_task(report["cycles"])
+    cycle_verdicts_by_task = _by_task(report["cycle_verdicts"])
     names = report["trace_summaries"]
     for (model, task), sub in _by_task(rows).items():
         parts += [f"## {model} on {task}", markdown_table(sub), *best_rows(sub)]
@@ -294,6 +353,16 @@ def markdown_report(
                 markdown(chains_frame(chains[(model, task)], names)),
             ]
             parts += [f"- **{v['method']}**: {v['verdict']}" for v in verdicts[(model, task)]]
+        if (model, task) in cycles:
+            parts += [
+                f"### Cycles of cyclical chains ({model} on {task})",
+                CYCLES_HOW_TO_READ.format(z=report["cycles"][0]["stationarity_z"]),
+                markdown(cycles_frame(cycles[(model, task)])),
+            ]
+            parts += [
+                f"- **{v['method']}** seed {v['seed']}: {v['verdict']}"
+                for v in cycle_verdicts_by_task[(model, task)]
+            ]
     if report["notes"]:
         parts += ["## Notes", *[f"- {n}" for n in report["notes"]]]
     if diags:
@@ -420,6 +489,8 @@ def run_report(cfg: DictConfig) -> int:
         print(markdown_table(sub))
     for v in report["chain_verdicts"]:
         print(f"{v['method']} ({v['model']}, {v['task']}) chains: {v['verdict']}")
+    for v in report["cycle_verdicts"]:
+        print(f"{v['method']} ({v['model']}, {v['task']}) seed {v['seed']} cycles: {v['verdict']}")
     for d in report["diagnostics"]:
         print(f"{d['method']} ({d['model']}, {d['task']}): {d['verdict']}")
     print(f"report written to {Path(cfg.out_dir or folders[0]) / 'report.md'}")

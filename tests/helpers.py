@@ -168,11 +168,17 @@ def fake_run_folder(
     lr: float = 0.1,
     compute: dict[str, Any] | None = None,
     trace: dict[str, Any] | None = None,
+    sampler_config: dict[str, Any] | None = None,
+    steps: list[int] | None = None,
+    samples: dict[str, Any] | None = None,
 ) -> Path:
     """A finished run folder without training: ``config.yaml``, samples and manifest (the run
     folder writers), the training-end ``predictions.safetensors`` (``preds`` ``[M, N, C]``) and
-    ``metrics.json``, and a ``trace.safetensors`` of the per-step ``trace`` arrays (plus
-    ``step``; ``kept`` unless given: every 10th step from the first)."""
+    ``metrics.json``, and a ``trace.safetensors`` of the per-step ``trace`` arrays (``step``
+    unless given: 0, 1, ...; ``kept`` unless given: every 10th step from the first).
+    ``sampler_config`` adds keys to the config's ``sampler`` block (a schedule, the chain
+    lengths), ``steps`` are the manifest's kept steps and ``samples`` replace the made-up
+    ``lora_A`` samples."""
     import numpy as np
     import torch
     from omegaconf import OmegaConf
@@ -190,12 +196,22 @@ def fake_run_folder(
         "seed": seed,
         "model": {"name": model},
         "data": {"task": task},
-        "sampler": {"name": sampler, "lr": lr, "temperature": temperature, "warmup": {}},
+        "sampler": {
+            "name": sampler,
+            "lr": lr,
+            "temperature": temperature,
+            "warmup": {},
+            **(sampler_config or {}),
+        },
         "paths": {"output_dir": str(folder)},
     }
     OmegaConf.save(OmegaConf.create(config), folder / "config.yaml")
-    samples = {"lora_A": torch.arange(preds.shape[0] * 2, dtype=torch.float32).view(-1, 2)}
+    if samples is None:
+        samples = {"lora_A": torch.arange(preds.shape[0] * 2, dtype=torch.float32).view(-1, 2)}
+    samples = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in samples.items()}
     manifest = {"task": task, "sampler": {"name": sampler}, "seed": seed, "status": "complete"}
+    if steps is not None:
+        manifest["steps"] = list(steps)
     write_samples(folder, samples, {**manifest, "compute": compute or {}})
     save_predictions(folder / "predictions.safetensors", preds, np.asarray(labels))
     metrics = ensemble_metrics(preds, np.asarray(labels), get_task(task).metric)
@@ -205,9 +221,11 @@ def fake_run_folder(
         tensors = {
             k: torch.as_tensor(np.asarray(v), dtype=torch.float32)
             for k, v in trace.items()
-            if k != "kept"
+            if k not in ("kept", "step")
         }
-        tensors["step"] = torch.arange(n, dtype=torch.int64)
+        tensors["step"] = torch.as_tensor(
+            np.asarray(trace.get("step", np.arange(n))), dtype=torch.int64
+        )
         kept = trace.get("kept", np.arange(n) % 10 == 0)
         tensors["kept"] = torch.as_tensor(np.asarray(kept)).to(torch.uint8)
         save_file(tensors, str(folder / TRACE_FILE), metadata={"format": TRACE_FORMAT})

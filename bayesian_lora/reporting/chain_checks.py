@@ -8,6 +8,12 @@
   samples come from) of ``u``, ``nll`` and ``probe_loglik``: Geweke's z of the first 10% against the last 50% (``|z| > stationarity_z``
   flags a drifting chain; not checked below 40 steps) and the bulk ESS of the one chain (ArviZ,
   split into halves), with :func:`config_verdict` one plain line per sampler config.
+
+A cyclical chain (``sampler.schedule.name=cyclical``: cSGLD, cSGHMC) changes its step size and
+switches its noise off and on within every cycle, so the first 10% and the last 50% of its trace
+are different phases of the cycles and a whole-trace Geweke z says nothing about stationarity:
+its row is marked not applicable (``not_applicable`` gives the reason), and the Geweke check runs
+on each cycle's sampling stage instead (:mod:`bayesian_lora.reporting.cycles`).
 """
 
 from __future__ import annotations
@@ -84,6 +90,19 @@ def group_diagnostics(
 
 # ----------------------------------------------------------------------------- within one chain
 
+#: Why a cyclical chain gets no whole-trace Geweke verdict.
+CYCLICAL_NOT_APPLICABLE = (
+    "cyclical schedule: the step size and the noise change within every cycle, so the first "
+    "10% and the last 50% of the trace are different phases of the cycles; Geweke runs on each "
+    "cycle's sampling stage instead (cycles table)"
+)
+
+
+def is_cyclical(config: Mapping[str, Any]) -> bool:
+    """A run of a cyclical schedule (``sampler.schedule.name=cyclical``: cSGLD, cSGHMC)."""
+    schedule = (config.get("sampler") or {}).get("schedule") or {}
+    return str(schedule.get("name", "")) == "cyclical"
+
 
 def within_chain(
     trace: Mapping[str, np.ndarray],
@@ -137,7 +156,19 @@ def chain_rows(
         trace = step_trace(run.path, from_first_kept=trace_from == "first_kept")
         if trace is None:
             continue
-        d = within_chain(trace, names, stationarity_z)
+        d: dict[str, Any]
+        if is_cyclical(run.config):
+            d = {
+                "summaries": {},
+                "stationary": None,
+                "drifting": [],
+                "min_ess_bulk": math.nan,
+                "n_draws": max((len(v) for v in trace.values()), default=0),
+                "stationarity_z": stationarity_z,
+                "not_applicable": CYCLICAL_NOT_APPLICABLE,
+            }
+        else:
+            d = within_chain(trace, names, stationarity_z)
         d.update(
             model=group.first.model,
             task=group.first.task,
@@ -163,6 +194,12 @@ def config_verdict(chains: Sequence[Mapping[str, Any]]) -> str:
         if first["sampler_temperature"] is not None
         else ""
     )
+    if any(c.get("not_applicable") for c in chains):  # one config: all cyclical or none
+        return (
+            f"Geweke over the whole trace not applicable to {len(chains)} cyclical "
+            f"chain{'' if len(chains) == 1 else 's'}{at} (the step size and noise change within "
+            "every cycle); see each cycle's sampling stage under Cycles of cyclical chains"
+        )
     checked = [c for c in chains if c["stationary"] is not None]
     good = [c for c in checked if c["stationary"]]
     zs = [

@@ -208,7 +208,11 @@ def chains_frame(chains: Sequence[Mapping[str, Any]], names: Sequence[str]) -> p
             z = "–" if s is None else _num(s["geweke_z"], "+.2f")
             rec[f"z {name}"] = f"**{z}**" if s is not None and s["drifting"] else z
             rec[f"ESS {name}"] = "–" if s is None else _num(s["ess_bulk"], ".0f")
-        rec["stationary"] = {True: "yes", False: "**NO**", None: "not checked"}[c["stationary"]]
+        if c.get("not_applicable"):
+            rec["stationary"] = "n/a (cyclical: per cycle below)"
+        else:
+            stationary = c["stationary"]
+            rec["stationary"] = {True: "yes", False: "**NO**", None: "not checked"}[stationary]
         records.append(rec)
     return pd.DataFrame.from_records(records)
 
@@ -224,6 +228,93 @@ def chains_csv_frame(chains: Sequence[Mapping[str, Any]], names: Sequence[str]) 
             s = c["summaries"].get(name, {})
             rec[f"{name}_geweke_z"] = s.get("geweke_z", math.nan)
             rec[f"{name}_ess_bulk"] = s.get("ess_bulk", math.nan)
+        rec["not_applicable"] = c.get("not_applicable", "")
+        records.append(rec)
+    return pd.DataFrame.from_records(records)
+
+
+# ----------------------------------------------------------------------------- cycles
+
+
+def _means(cycles: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The trace summaries of the cycles: ``u``, ``nll``, ``probe_loglik``, then norms."""
+    present = {n for c in cycles for n in c["trace_means"]}
+    first = [n for n in ("u", "nll", "probe_loglik") if n in present]
+    return first + sorted(present - set(first))
+
+
+def _previous(c: Mapping[str, Any], key: str) -> Any:
+    return (c["previous"] or {}).get(key)
+
+
+def _within(c: Mapping[str, Any], key: str) -> Any:
+    return (c["within"] or {}).get(key)
+
+
+def _max_z(c: Mapping[str, Any]) -> str:
+    zs = [abs(s["geweke_z"]) for s in c["summaries"].values() if _finite(s["geweke_z"])]
+    if c["stationary"] is None or not zs:
+        return "not checked"
+    return f"**{max(zs):.1f}**" if c["drifting"] else f"{max(zs):.1f}"
+
+
+def cycles_frame(cycles: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per (chain, cycle): kept samples, traced sampling-stage steps, the mean of each
+    trace summary over them, the largest Geweke |z| within the stage (bold when drifting), the
+    cycle ensemble's test accuracy and NLL, and how far its predictive is from the previous
+    cycle's (and the two halves of the cycle from each other), with the parameter jump over the
+    walk within the cycle."""
+    means = _means(cycles)
+    records = []
+    for c in cycles:
+        m = c["metrics"]
+        rec: dict[str, Any] = {
+            "method": c["method"],
+            "seed": c["seed"],
+            "cycle": c["cycle"],
+            "kept": c["kept"],
+            "steps": "–" if c["n_steps"] is None else c["n_steps"],
+        }
+        for name in means:
+            rec[f"mean {name}"] = _plain(c["trace_means"].get(name), ".4g")
+        rec["max |z|"] = _max_z(c)
+        rec["acc (%)"] = _plain(m.get("acc", math.nan) * 100, ".2f")
+        rec["test nll"] = _plain(m.get("nll"), ".4f")
+        dis = _previous(c, "disagreement")
+        rec["disagree prev (%)"] = _plain(dis * 100 if _finite(dis) else None, ".1f")
+        rec["TV prev"] = _plain(_previous(c, "tv"), ".3f")
+        rec["sym KL prev"] = _plain(_previous(c, "sym_kl"), ".3f")
+        half = _within(c, "disagreement")
+        rec["disagree halves (%)"] = _plain(half * 100 if _finite(half) else None, ".1f")
+        rec["TV halves"] = _plain(_within(c, "tv"), ".3f")
+        rec["jump / walk"] = _plain(_previous(c, "jump_over_walk"), ".2f")
+        records.append(rec)
+    return pd.DataFrame.from_records(records)
+
+
+def cycles_csv_frame(cycles: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """``cycles.csv``: the same per (chain, cycle), numbers unscaled (fractions, nats)."""
+    means = _means(cycles)
+    records = []
+    for c in cycles:
+        rec: dict[str, Any] = {
+            k: c[k]
+            for k in ("model", "task", "method", "seed", "run", "cycle", "kept", "stationary")
+        }
+        rec["sampler_temperature"], rec["step_size"] = c["sampler_temperature"], c["step_size"]
+        rec["kept_steps"] = " ".join(map(str, c["kept_steps"]))
+        rec["n_steps"] = c["n_steps"]
+        for name in means:
+            rec[f"mean_{name}"] = c["trace_means"].get(name, math.nan)
+        for name, s in c["summaries"].items():
+            rec[f"{name}_geweke_z"] = s["geweke_z"]
+        for key, value in c["metrics"].items():
+            rec[f"test_{key}"] = value
+        rec["previous_cycle"] = _previous(c, "cycle")
+        for key in ("disagreement", "tv", "sym_kl", "jump", "walk", "jump_over_walk"):
+            rec[f"prev_{key}"] = _previous(c, key)
+        for key in ("disagreement", "tv", "sym_kl"):
+            rec[f"halves_{key}"] = _within(c, key)
         records.append(rec)
     return pd.DataFrame.from_records(records)
 
