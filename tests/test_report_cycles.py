@@ -269,6 +269,8 @@ def test_geweke_per_cycle_sampling_stage_and_not_over_the_phases(tmp_path: Path)
         sampler_config=sampler,
         steps=[59, 69, 79, 89, 99, 159, 169, 179, 189, 199],
         trace={**trace, "kept": np.isin(trace["step"], [59, 99, 159, 199])},
+        # back and forth: each cycle walks 4 and ends where it began; the cycles end 3 apart
+        samples={"lora_A": np.array([[0], [1], [0], [1], [0], [3], [4], [3], [4], [3]])},
     )
     (group,) = group_runs([load_run(run)])
     # a whole-trace Geweke z (first 10% on an exploration ramp, autocorrelation-aware errors
@@ -283,6 +285,8 @@ def test_geweke_per_cycle_sampling_stage_and_not_over_the_phases(tmp_path: Path)
     assert cycles[1]["drifting"] == ["u"]
     assert cycles[0]["trace_means"]["u"] == pytest.approx(trace["u"][50:100].mean())
     assert cycles[1]["trace_means"]["u"] == pytest.approx(trace["u"][150:200].mean())
+    assert cycles[1]["previous"]["walk"] == 4.0 and cycles[1]["previous"]["jump"] == 3.0
+    assert cycles[1]["previous"]["jump_over_walk"] == 0.75
     assert "1/2 cycles show no drift" in chain_verdict(cycles)
     assert "still settling: cycle 1 (u)" in chain_verdict(cycles)
 
