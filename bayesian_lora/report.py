@@ -6,8 +6,8 @@ several folders, ``out_dir=``, ``plots=false``, ``bootstrap.resamples=``,
 
 Finds every run folder (``manifest.json`` + ``metrics.json``) and every ``evaluate`` output
 under the given folders, groups runs whose saved ``config.yaml`` agree on everything but the seed
-(and paths), and writes ``report.md``, ``report.csv``, ``chains.csv``, ``report.json`` plus
-comparison and trace plots. Per model and task:
+(and paths), and writes ``report.md``, ``report.csv``, ``chains.csv``, ``cycles.csv`` (cyclical
+chains), ``report.json`` plus comparison and trace plots. Per model and task:
 
 * a results table (:mod:`bayesian_lora.reporting.rows`): each configuration over seeds; the deep
   ensemble of the MAP seeds; the chains of each sampler config pooled at equal member counts;
@@ -118,11 +118,11 @@ CYCLES_HOW_TO_READ = (
     "One row per (chain, cycle) of each cyclical chain; `cycle` is the schedule's 0-based cycle "
     "number. `kept`: kept samples of the cycle; `steps`: traced steps of its sampling stage "
     "(past burn-in, where the schedule collects); `mean ...`: each per-step trace summary "
-    "averaged over those steps; `max |z|`: the largest Geweke |z| within the sampling stage "
+    "averaged over those steps; `max abs z`: the largest Geweke |z| within the sampling stage "
     "(first 10% against last 50%; bold above {z:g}: still settling while kept; not checked below "
-    "40 steps; the step size still falls within the stage, so no flag is no proof of "
-    "stationarity); `acc (%)`, `test nll`: the cycle's own ensemble (the mean predictive of its "
-    "kept samples) on test; `... prev`: its predictive against the previous cycle's "
+    "40 steps; the step size still falls within the stage, so the absence of a flag does not "
+    "prove stationarity); `acc (%)`, `test nll`: the cycle's own ensemble (the mean predictive "
+    "of its kept samples) on test; `... prev`: its predictive against the previous cycle's "
     "(`disagree`: % of test examples whose argmax differs, `TV`: total variation, `sym KL`: "
     "KL(p||q) + KL(q||p) in nats, means over test examples); `... halves`: the same between the "
     "first and second half of the cycle's kept samples, a within-cycle reference; `jump / walk`: "

@@ -15,7 +15,7 @@ rebuilds from the run's saved config and that must reproduce the manifest's kept
   the cycle's sampling stage (:func:`~bayesian_lora.reporting.chain_checks.within_chain`; not
   checked below 40 steps). Within that stage the step size still falls from its value at the
   start of the stage towards 0, so a drift flag means the chain was still settling while it was
-  kept, and no flag is no proof of stationarity;
+  kept, and the absence of a flag does not prove stationarity;
 - ``metrics``: test metrics of the cycle's own ensemble (the mean predictive of its kept
   samples, rows of the run's ``predictions.safetensors``, which are ordered as the kept steps);
 - ``previous``: against the previous cycle with kept samples, the :func:`compare_predictives`

@@ -277,7 +277,7 @@ def cycles_frame(cycles: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
         }
         for name in means:
             rec[f"mean {name}"] = _plain(c["trace_means"].get(name), ".4g")
-        rec["max |z|"] = _max_z(c)
+        rec["max abs z"] = _max_z(c)
         rec["acc (%)"] = _plain(m.get("acc", math.nan) * 100, ".2f")
         rec["test nll"] = _plain(m.get("nll"), ".4f")
         dis = _previous(c, "disagreement")
