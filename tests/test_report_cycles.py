@@ -22,6 +22,7 @@ from bayesian_lora.report import build_report
 from bayesian_lora.reporting.chain_checks import chain_rows, config_verdict, within_chain
 from bayesian_lora.reporting.cycles import chain_verdict, cycle_rows
 from bayesian_lora.reporting.discovery import group_runs, load_run
+from bayesian_lora.samplers import CyclicalCosine
 from tests.helpers import compose_train, fake_run_folder
 
 
@@ -208,7 +209,7 @@ def test_cycle_assignment_follows_the_schedule(tmp_path: Path) -> None:
         ]
     )
     plan = build_chain_plan(cfg)
-    assert plan is not None and plan.schedule is not None
+    assert plan is not None and isinstance(plan.schedule, CyclicalCosine)
     kept = plan.kept_steps()
     sampler = OmegaConf.to_container(cfg.sampler, resolve=True)
     assert isinstance(sampler, dict)
@@ -227,7 +228,7 @@ def test_cycle_assignment_follows_the_schedule(tmp_path: Path) -> None:
     assert [t for c in cycles for t in c["kept_steps"]] == kept
     for c in cycles:
         assert all(schedule.collects(t - w) for t in c["kept_steps"])
-        assert {schedule.cycle(t - w) for t in c["kept_steps"]} == {c["cycle"]}  # type: ignore[attr-defined]
+        assert {schedule.cycle(t - w) for t in c["kept_steps"]} == {c["cycle"]}
         first, last = c["kept_steps"][0] - w, c["kept_steps"][-1] - w
         lrs = [schedule.lr(s) for s in range(first, last + 1)]
         assert all(b <= a for a, b in zip(lrs, lrs[1:], strict=False))  # no restart inside
