@@ -9,10 +9,13 @@ under the given folders, groups runs whose saved ``config.yaml`` agree on everyt
 (and paths), and writes ``report.md``, ``report.csv``, ``chains.csv``, ``cycles.csv`` (cyclical
 chains), ``report.json`` plus comparison and trace plots. Per model and task:
 
-* a results table (:mod:`bayesian_lora.reporting.rows`): each configuration over seeds; the deep
+* a results table (:mod:`bayesian_lora.reporting.rows`): each configuration over seeds (Laplace
+  fits too: ``python -m bayesian_lora.laplace`` evaluates its draws at the end); the deep
   ensemble of the MAP seeds; the chains of each sampler config pooled at equal member counts;
-  temperature-scaled twins where evaluated; 95% bootstrap CIs over test examples, paired across
-  rows (:mod:`~bayesian_lora.reporting.bootstrap`); compute columns;
+  temperature-scaled twins, MC-dropout and GLM-predictive rows where evaluated; OOD AUROCs where
+  an evaluation with ``ood=`` of exactly a row's runs and members exists; 95% bootstrap CIs over
+  test examples, paired across rows (:mod:`~bayesian_lora.reporting.bootstrap`); compute
+  columns;
 * a per-chain table (:mod:`~bayesian_lora.reporting.chain_checks`): each chain's within-chain
   stationarity (Geweke z) and bulk ESS of its per-step trace, one verdict line per config
   (not applicable to cyclical chains, whose trace alternates phases);
@@ -97,16 +100,24 @@ TRACE_PART = {
     "first_kept": "from its first kept sample on",
 }
 HOW_TO_READ = (
-    "Rows per task: each configuration over seeds (mean ± sd, ddof=1; `n` = seeds), the deep "
+    "Rows per task: each configuration over seeds (mean ± sd, ddof=1; `n` = seeds; a Laplace "
+    "fit is labelled with its structure, e.g. `laplace (kron)`), the deep "
     "ensemble of the MAP seeds, each sampler config's chains pooled at k samples per chain "
-    "(`1/chain` = the last kept sample of each chain; `all/chain` = every kept sample), and "
-    "`+ temperature` where `evaluate calibrate=temperature` was run on those runs. Cells: "
+    "(`1/chain` = the last kept sample of each chain; `all/chain` = every kept sample), "
+    "`+ temperature` where `evaluate calibrate=temperature` was run on those runs, "
+    "`+ MC dropout (K=..)` where `evaluate mc_dropout=K` was, and `GLM (mc)` / `GLM (probit)` "
+    "where `evaluate predictive=glm` scored a Laplace run's linearised predictive. Cells: "
     "`mean ± sd [CI]`, the CI a {level:.0%} percentile bootstrap over test examples "
     "(B = {resamples}, seed {seed}, the same resamples for every row of a task; for rows over "
     "seeds the CI of the seed-mean). Accuracy, F1 and ECE in percent; NLL in nats per example. "
-    "`members` = forward passes per test example; `train grad evals` / `train s` = gradient "
+    "`members` = forward passes per test example (MC dropout: K x samples; GLM: one per run, "
+    "its logit draws cost no pass), `backward passes` = the GLM predictive's Jacobian passes "
+    "per test example; OOD AUROCs only where an evaluation with `ood=` of exactly the row's "
+    "runs and members exists (the OOD task is named under each table); "
+    "`train grad evals` / `train s` = gradient "
     "evaluations / wall seconds of training, summed over the row's runs including the MAP fits "
-    "they started from (a MAP fit counted once per seed; single rows: per seed); `eval s` where "
+    "they started from (a MAP fit counted once per seed; single rows: per seed; Laplace: its "
+    "curvature batches and fit time); `eval s` where "
     "an evaluation folder recorded it; `T` and `step size` of the sampler config; `scaling T` "
     "the fitted temperature; `Δ ... vs map`: the row minus the task's MAP row with the CI of the "
     "difference on the same resamples. Model selection used validation only; test is looked "
@@ -138,26 +149,36 @@ def _by_task(items: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], list[M
     return out
 
 
-def run_notes(
-    folders: Sequence[str | Path],
-    runs: Sequence[SweepRun],
-    rows: Sequence[Mapping[str, Any]] = (),
-) -> list[str]:
+def run_notes(folders: Sequence[str | Path], rows: Sequence[Mapping[str, Any]] = ()) -> list[str]:
     """Skipped (unfinished) run folders and the OOD tasks behind the AUROC columns."""
     notes = []
     unfinished = unfinished_run_folders(folders)
     if unfinished:
         notes.append(
-            f"skipped {len(unfinished)} run folder(s) without {METRICS_FILE} (unfinished, or "
-            f"trained with evaluate_on_fit_end=false): {', '.join(p.name for p in unfinished)}"
+            f"skipped {len(unfinished)} run folder(s) without {METRICS_FILE} (unfinished, "
+            "trained with evaluate_on_fit_end=false, or a Laplace fit run with it false): "
+            f"{', '.join(p.name for p in unfinished)}"
         )
-    ood_tasks = sorted(
-        {str(r.metrics["ood_task"]) for r in runs if "ood_task" in r.metrics}
-        | {str(r["ood_task"]) for r in rows if "ood_task" in r}
-    )
+    ood_tasks = sorted({str(r["ood_task"]) for r in rows if "ood_task" in r})
     if ood_tasks:
         notes.append(f"OOD AUROCs are against the test inputs of: {', '.join(ood_tasks)}")
     return notes
+
+
+def ood_line(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Under a task's table: which OOD task's test inputs its AUROC columns detect, and, where
+    rows of the table differ, which rows use which."""
+    by_task: dict[str, list[str]] = {}
+    for r in rows:
+        if "ood_task" in r:
+            by_task.setdefault(str(r["ood_task"]), []).append(str(r["method"]))
+    if not by_task:
+        return []
+    if len(by_task) == 1:
+        (task,) = by_task
+        return [f"- OOD AUROC columns: this task's test inputs against those of **{task}**."]
+    parts = [f"**{t}** ({', '.join(m)})" for t, m in sorted(by_task.items())]
+    return [f"- OOD AUROC columns: this task's test inputs against those of {'; '.join(parts)}."]
 
 
 def duplicate_seed_notes(groups: Sequence[Group]) -> list[str]:
@@ -196,7 +217,7 @@ def build_report(
     boot = bootstrap or Bootstrap()
     ctx = RowContext(boot, find_eval_folders(folders, runs), tuple(pooled_per_chain))
     rows, notes = table_rows(groups, ctx)
-    notes += run_notes(folders, runs, rows) + duplicate_seed_notes(groups)
+    notes += run_notes(folders, rows) + duplicate_seed_notes(groups)
     thresholds = (rhat_threshold, ess_threshold, stationarity_z)
     diags = [d for g in groups if (d := group_diagnostics(g, probes, *thresholds))]
     chains, verdicts = per_chain(groups, trace_summaries, stationarity_z, trace_from)
@@ -341,7 +362,7 @@ def markdown_report(
     cycle_verdicts_by_task = _by_task(report["cycle_verdicts"])
     names = report["trace_summaries"]
     for (model, task), sub in _by_task(rows).items():
-        parts += [f"## {model} on {task}", markdown_table(sub), *best_rows(sub)]
+        parts += [f"## {model} on {task}", markdown_table(sub), *best_rows(sub), *ood_line(sub)]
         if (model, task) in chains:
             parts += [
                 f"### Chains of {model} on {task}: within-chain diagnostics",

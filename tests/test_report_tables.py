@@ -390,3 +390,293 @@ def _calibrated_eval(
             "calibration": {"method": "temperature", "temperature": t, "ensemble": metrics},
         },
     )
+
+
+# ----------------------------------------------------------------------------- every method
+# MAP + MC dropout, Laplace + its GLM predictive and OOD evaluations, as the evaluate command
+# writes them (reduced to what the report reads); every number checked against a hand
+# computation from the saved member probabilities.
+
+LAPLACE_SAMPLER = {  # a Laplace run's sampler block: no step size, no temperature
+    "structure": "kron",
+    "prior_precision": "marglik",
+    "num_samples": 4,
+    "lr": None,
+    "temperature": None,
+}
+OOD_AUROC = {"rte": (0.61, 0.58), "sst2": (0.99, 0.98)}  # (entropy, MI) hand-set per OOD task
+
+
+def _hand(p: np.ndarray, y: np.ndarray = LABELS) -> dict[str, float]:
+    """Accuracy, NLL and 15-bin top-label ECE (right-closed bins) of a predictive ``[N, C]``."""
+    conf, correct = p.max(axis=1), (p.argmax(axis=1) == y).astype(np.float64)
+    ece = 0.0
+    for b in range(15):
+        inside = (conf > b / 15) & (conf <= (b + 1) / 15)
+        if inside.any():
+            ece += inside.mean() * abs(correct[inside].mean() - conf[inside].mean())
+    return {"acc": correct.mean(), "nll": -np.log(p[np.arange(len(y)), y]).mean(), "ece": ece}
+
+
+def _mean32(members: np.ndarray) -> np.ndarray:
+    """The mean predictive of members as the report reads them back (float32 on disk)."""
+    return members.astype(np.float32).astype(np.float64).mean(axis=0)
+
+
+def _eval_folder(
+    folder: Path,
+    runs: list[Path],
+    members: np.ndarray,
+    *,
+    samples_used: list[list[int]] | None = None,
+    mc_dropout: int = 0,
+    glm_link: str | None = None,
+    ood: str | None = None,
+    compute: dict[str, Any] | None = None,
+) -> None:
+    """What ``evaluate`` writes for ``run_dir(s)=runs`` (``mc_dropout=``, ``predictive=glm``,
+    ``ood=``): member predictions, the ensemble metrics, the OOD AUROCs of ``OOD_AUROC``."""
+    save_predictions(folder / "predictions.safetensors", members, LABELS)
+    used = samples_used or [[0] for _ in runs]
+    result: dict[str, Any] = {
+        "kind": "eval",
+        "split": "test",
+        "mc_dropout": mc_dropout,
+        "num_members": int(members.shape[0]),
+        "runs": [{"run_dir": str(r), "samples_used": u} for r, u in zip(runs, used, strict=True)],
+        "ensemble": ensemble_metrics(members, LABELS, "f1_accuracy"),
+        "predictive": {"kind": "samples"}
+        if glm_link is None
+        else {"kind": "glm", "link": glm_link},
+        "compute": {"forward_passes_per_example": int(members.shape[0]), **(compute or {})},
+    }
+    if ood is not None:
+        entropy, mi = OOD_AUROC[ood]
+        result["ood"] = {
+            "task": ood,
+            "entropy": {"auroc": entropy},
+            "mutual_information": {"auroc": mi},
+        }
+    write_json(folder / METRICS_FILE, result)
+
+
+@pytest.fixture(scope="module")
+def methods(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """3 MAP seeds, each with an MC-dropout evaluation (K=10; OOD rte, seed 2 against sst2),
+    one of all three together; 3 Laplace fits around them (4 draws each) with a plain OOD
+    evaluation (seeds 0, 1), the GLM predictive (mc: 64 logit draws, OOD rte on seeds 0, 1;
+    probit: 1 member) and OOD evaluations of the pooled draws (all 12; and 3 that are not the
+    last draw of each fit, which must not land in the 1/fit row)."""
+    root = tmp_path_factory.mktemp("methods")
+    rng = np.random.default_rng(7)
+    d: dict[str, Any] = {"root": root, "map": [], "mc": [], "laplace": [], "glm": [], "probit": []}
+    d["laplace_compute"] = []
+    map_runs, laplace_runs = [], []
+    for s in range(3):
+        map_compute = {**MAP_COMPUTE, "train_seconds": 60.0 + s}
+        p = _probs(rng, 1)
+        run = fake_run_folder(
+            root / f"{s}_tiny_mrpc_map_s{s}", p, LABELS, seed=s, compute=map_compute
+        )
+        map_runs.append(run)
+        mc = _probs(rng, 10)
+        _eval_folder(
+            run / "evaluation_mcdropout10",
+            [run],
+            mc,
+            mc_dropout=10,
+            ood="sst2" if s == 2 else "rte",
+            compute={"eval_seconds": 3.0 + s},
+        )
+        q = _probs(rng, 4)
+        lap_compute = {
+            "total_grad_evals": 5,
+            "train_seconds": 2.0 + s,
+            "grad_evals": {"curvature": 5},
+            "curvature_batches": 5,
+            "curvature_backward_passes": 10,
+            "warm_start": map_compute,
+        }
+        lap = fake_run_folder(
+            root / f"{s}_tiny_mrpc_map_s{s}_laplace_kron",
+            q,
+            LABELS,
+            sampler="laplace",
+            seed=s,
+            compute=lap_compute,
+            sampler_config={**LAPLACE_SAMPLER, "from_run": str(run)},
+        )
+        laplace_runs.append(lap)
+        if s < 2:
+            _eval_folder(lap / "evaluation", [lap], q, samples_used=[[0, 1, 2, 3]], ood="rte")
+        glm = _probs(rng, 64)
+        glm_ood = "rte" if s < 2 else None
+        passes = {"forward_passes_per_example": 1, "backward_passes_per_example": 2}
+        secs = {**passes, "eval_seconds": 1.0 + s}
+        _eval_folder(lap / "evaluation_glm", [lap], glm, glm_link="mc", ood=glm_ood, compute=secs)
+        probit = _probs(rng, 1)
+        _eval_folder(lap / "evaluation_glm_probit", [lap], probit, glm_link="probit", compute=secs)
+        d["map"].append(p), d["mc"].append(mc), d["laplace"].append(q)
+        d["glm"].append(glm), d["probit"].append(probit), d["laplace_compute"].append(lap_compute)
+    d["mc_pooled"] = np.concatenate(d["mc"])
+    _eval_folder(
+        root / "evaluation_deep_ensemble_3runs_mcdropout10",
+        map_runs,
+        d["mc_pooled"],
+        samples_used=[[0]] * 3,
+        mc_dropout=10,
+        ood="rte",
+        compute={"eval_seconds": 9.0},
+    )
+    every = np.concatenate(d["laplace"])
+    _eval_folder(
+        root / "evaluation_pooled_all",
+        laplace_runs,
+        every,
+        samples_used=[[0, 1, 2, 3]] * 3,
+        ood="rte",
+    )
+    firsts = np.stack([q[0] for q in d["laplace"]])  # 3 members, but not the last draw of each
+    _eval_folder(
+        root / "evaluation_pooled_first", laplace_runs, firsts, samples_used=[[0]] * 3, ood="rte"
+    )
+    d["out"] = root / "report"
+    d["report"] = build_report([root], out_dir=d["out"], plots=False)
+    return d
+
+
+def test_every_method_is_a_row(methods: dict[str, Any]) -> None:
+    rows = [(r["method"], r["n"], r["members"]) for r in methods["report"]["rows"]]
+    assert rows == [
+        ("map", 3, 1),
+        ("map + MC dropout (K=10)", 3, 10),
+        ("deep_ensemble", 3, 3),
+        ("deep_ensemble + MC dropout (K=10)", 3, 30),
+        ("laplace (kron)", 3, 4),
+        ("laplace (kron) GLM (mc)", 3, 1),  # one forward pass per example: 64 logit draws
+        ("laplace (kron) GLM (probit)", 3, 1),
+        ("laplace (kron) pooled (1/chain)", 3, 3),
+        ("laplace (kron) pooled (all/chain)", 3, 12),
+    ]
+
+
+def test_mc_dropout_row_against_a_hand_computation(methods: dict[str, Any]) -> None:
+    report = methods["report"]
+    row = _row(report, "map + MC dropout (K=10)")
+    per_seed = [_hand(_mean32(mc)) for mc in methods["mc"]]
+    for key in ("acc", "nll", "ece"):
+        values = [m[key] for m in per_seed]
+        assert row[f"{key}_mean"] == pytest.approx(np.mean(values), abs=1e-6), key
+        assert row[f"{key}_std"] == pytest.approx(np.std(values, ddof=1), abs=1e-6), key
+    # the CI of the seed-mean from each seed's saved members, paired with the MAP row
+    idx = bootstrap_indices(N, 1000, 0)
+    reps = [replicates(_mean32(mc), LABELS, idx, "f1_accuracy") for mc in methods["mc"]]
+    nll = np.mean([r["nll"] for r in reps], axis=0)
+    assert (row["nll_ci_low"], row["nll_ci_high"]) == pytest.approx(percentile_ci(nll))
+    map_nll = np.mean([replicates(_mean32(p), LABELS, idx)["nll"] for p in methods["map"]], axis=0)
+    assert row["delta_vs"] == "map"
+    assert row["nll_delta_mean"] == pytest.approx(row["nll_mean"] - _row(report, "map")["nll_mean"])
+    lo, hi = percentile_ci(nll - map_nll)
+    assert (row["nll_delta_ci_low"], row["nll_delta_ci_high"]) == pytest.approx((lo, hi))
+    # compute: K x 1 sample forward passes, the MAP fit per seed, the evaluations' seconds
+    assert row["members"] == 10 and row["eval_seconds"] == pytest.approx(4.0)
+    assert (row["train_grad_evals"], row["train_seconds"]) == (128, pytest.approx(61.0))
+    # OOD: seeds 0 and 1 against rte; seed 2's evaluation against sst2 is not averaged in
+    assert row["ood_task"] == "rte" and row["ood_auroc_entropy_n"] == 2
+    assert row["ood_auroc_entropy_mean"] == pytest.approx(0.61)
+    assert row["ood_auroc_mi_mean"] == pytest.approx(0.58)
+    assert any(
+        "map + MC dropout (K=10): OOD AUROCs against rte" in n and "sst2" in n
+        for n in report["notes"]
+    )
+
+
+def test_pooled_mc_dropout_row(methods: dict[str, Any]) -> None:
+    row = _row(methods["report"], "deep_ensemble + MC dropout (K=10)")
+    want = _hand(_mean32(methods["mc_pooled"]))
+    for key in ("acc", "nll", "ece"):
+        assert row[f"{key}_mean"] == pytest.approx(want[key], abs=1e-6), key
+    assert row["members"] == 30 and row["eval_seconds"] == 9.0
+    assert (row["train_grad_evals"], row["train_seconds"]) == (3 * 128, pytest.approx(183.0))
+    assert row["ood_auroc_mi_mean"] == pytest.approx(0.58) and row["ood_task"] == "rte"
+    reps = replicates(_mean32(methods["mc_pooled"]), LABELS, bootstrap_indices(N, 1000, 0))
+    assert (row["ece_ci_low"], row["ece_ci_high"]) == pytest.approx(percentile_ci(reps["ece"]))
+
+
+def test_laplace_rows_group_the_seeds_and_count_the_map_fit(methods: dict[str, Any]) -> None:
+    report = methods["report"]
+    row = _row(report, "laplace (kron)")
+    assert row["seeds"] == [0, 1, 2] and row["sampler_temperature"] is None
+    per_seed = [_hand(_mean32(q)) for q in methods["laplace"]]
+    assert row["nll_mean"] == pytest.approx(np.mean([m["nll"] for m in per_seed]), abs=1e-6)
+    # per seed: 5 curvature batches + its MAP fit's 128; fit seconds + the MAP's
+    assert row["train_grad_evals"] == 5 + 128
+    assert row["train_seconds"] == pytest.approx(np.mean([2.0 + 60.0 + 2 * s for s in range(3)]))
+    assert row["ood_auroc_entropy_n"] == 2 and row["ood_task"] == "rte"  # seeds 0, 1 evaluated
+    every = _row(report, "laplace (kron) pooled (all/chain)")
+    assert every["train_grad_evals"] == 3 * 5 + 3 * 128 and every["warm_starts"] == 3
+    assert every["train_seconds"] == pytest.approx(sum(2.0 + 60.0 + 2 * s for s in range(3)))
+    assert every["ood_auroc_entropy_mean"] == pytest.approx(0.61)
+    want = _hand(_mean32(np.concatenate(methods["laplace"])))
+    assert every["nll_mean"] == pytest.approx(want["nll"], abs=1e-6)
+    # 3 members, but not the row's (the last draw of each fit): no OOD columns from them
+    last = _row(report, "laplace (kron) pooled (1/chain)")
+    assert "ood_auroc_entropy_mean" not in last and "ood_task" not in last
+
+
+def test_glm_rows_against_a_hand_computation(methods: dict[str, Any]) -> None:
+    report = methods["report"]
+    for link, members in (("mc", methods["glm"]), ("probit", methods["probit"])):
+        row = _row(report, f"laplace (kron) GLM ({link})")
+        per_seed = [_hand(_mean32(m)) for m in members]
+        for key in ("acc", "nll", "ece"):
+            want = [m[key] for m in per_seed]
+            assert row[f"{key}_mean"] == pytest.approx(np.mean(want), abs=1e-6), (link, key)
+            assert row[f"{key}_std"] == pytest.approx(np.std(want, ddof=1), abs=1e-6), (link, key)
+        assert (row["members"], row["backward_passes"]) == (1, 2), link
+        assert row["eval_seconds"] == pytest.approx(2.0) and row["train_grad_evals"] == 5 + 128
+        assert row["nll_ci_low"] <= row["nll_mean"] <= row["nll_ci_high"]
+        assert row["delta_vs"] == "map"
+    mc = _row(report, "laplace (kron) GLM (mc)")
+    assert mc["ood_auroc_mi_n"] == 2 and mc["ood_auroc_mi_mean"] == pytest.approx(0.58)
+    assert "ood_auroc_mi_mean" not in _row(report, "laplace (kron) GLM (probit)")  # no ood=
+
+
+def test_markdown_names_the_rows_the_passes_and_the_ood_task(methods: dict[str, Any]) -> None:
+    text = (methods["out"] / "report.md").read_text()
+    table = [ln for ln in text.splitlines() if ln.startswith("| tiny")]
+    head = next(ln for ln in text.splitlines() if ln.startswith("| model"))
+    assert "backward passes" in head and "ood auroc MI" in head
+    glm = next(ln for ln in table if "GLM (mc)" in ln)
+    assert "(n=2)" in glm  # 2 of 3 seeds were scored against OOD inputs
+    assert "- OOD AUROC columns: this task's test inputs against those of **rte**." in text
+    with (methods["out"] / "report.csv").open() as fh:
+        rows = {r["method"]: r for r in csv.DictReader(fh)}
+    assert float(rows["laplace (kron) GLM (mc)"]["backward_passes"]) == 2
+    assert rows["map"]["backward_passes"] == ""
+
+
+def test_laplace_fits_of_several_map_seeds_are_one_configuration() -> None:
+    """Seeds, paths and the MAP run a fit started from differ; the structure splits."""
+
+    def run(seed: int, structure: str = "kron") -> SweepRun:
+        config = {
+            "seed": seed,
+            "model": {"name": "tiny"},
+            "data": {"task": "mrpc"},
+            "prior_std": 1.0,
+            "sampler": {
+                **LAPLACE_SAMPLER,
+                "name": "laplace",
+                "structure": structure,
+                "from_run": f"/runs/map_s{seed}",
+            },
+            "paths": {"output_dir": f"/runs/map_s{seed}_laplace_{structure}"},
+        }
+        return SweepRun(Path(f"/runs/{seed}_{structure}"), config, {"acc": 0.5})
+
+    groups = group_runs([run(0), run(1), run(2), run(0, "diag"), run(1, "diag")])
+    assert [(g.label, [r.seed for r in g.runs]) for g in groups] == [
+        ("laplace (diag)", [0, 1]),
+        ("laplace (kron)", [0, 1, 2]),
+    ]

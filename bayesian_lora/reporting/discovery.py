@@ -1,24 +1,25 @@
 """Run folders and evaluation folders of a sweep, read and grouped into configurations.
 
 A run folder (``manifest.json`` + ``metrics.json``) holds the training-end test evaluation of its
-kept samples; an evaluation folder (``python -m bayesian_lora.evaluate``: a ``metrics.json`` with
-``runs`` and ``kind``) holds a later evaluation of one or several run folders (OOD, temperature
-scaling, ...). Runs whose saved ``config.yaml`` agree on everything but the seed (and paths) are
-one configuration (a :class:`Group`).
+kept samples (a Laplace run folder: the test evaluation at the end of the fit); an evaluation
+folder (``python -m bayesian_lora.evaluate``: a ``metrics.json`` with ``runs`` and ``kind``) holds
+a later evaluation of one or several run folders (OOD, temperature scaling, MC dropout, the GLM
+predictive, ...). Runs whose saved ``config.yaml`` agree on everything but the seed (and paths)
+are one configuration (a :class:`Group`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
 from omegaconf import OmegaConf
 
-from bayesian_lora.evaluation.write import EVALUATION_DIR, METRICS_FILE, json_load
-from bayesian_lora.runs import MAP, RunFolder, SampleFileError
+from bayesian_lora.evaluation.write import METRICS_FILE, json_load
+from bayesian_lora.runs import LAPLACE, MAP, RunFolder, SampleFileError
 from bayesian_lora.runs import find_run_folders as _find_runs
 
 # Config keys that differ between seeds of one configuration, only say where things are, or
@@ -36,6 +37,7 @@ IGNORED = (
     "trainer.enable_progress_bar",
     "trainer.log_every_n_steps",
     "sampler.warmup.from_run",
+    "sampler.from_run",  # a Laplace run's MAP run
     "callbacks.progress",
     "callbacks.checkpoint.every_n_train_steps",
     "callbacks.samples.flush_every",
@@ -73,6 +75,13 @@ class SweepRun:
         return self.sampler == MAP
 
     @property
+    def method(self) -> str:
+        """The sampler's name, with the curvature structure of a Laplace run (``laplace (kron)``)."""
+        structure = self.config["sampler"].get("structure")
+        laplace = self.sampler == LAPLACE and structure
+        return f"{self.sampler} ({structure})" if laplace else self.sampler
+
+    @property
     def temperature(self) -> float | None:
         t = self.config["sampler"].get("temperature")
         return None if t is None or self.is_map else float(t)
@@ -107,15 +116,42 @@ class EvalFolder:
     path: Path
     runs: frozenset[Path]
     result: dict[str, Any]
+    #: each run's kept samples that the evaluation used (``samples_used``; None: not recorded)
+    used: Mapping[Path, tuple[int, ...] | None] = field(default_factory=dict)
 
     @property
     def num_members(self) -> int:
         return int(self.result.get("num_members", 0))
 
     @property
+    def mc_dropout(self) -> int:
+        return int(self.result.get("mc_dropout") or 0)
+
+    @property
+    def glm_link(self) -> str | None:
+        """The link of the linearised Laplace predictive (``predictive=glm``), else None."""
+        predictive = self.result.get("predictive") or {}
+        return str(predictive.get("link", "mc")) if predictive.get("kind") == "glm" else None
+
+    @property
+    def on_test(self) -> bool:
+        return self.result.get("split", "test") == "test"
+
+    @property
     def plain(self) -> bool:
-        """The test split, all members as saved (no MC dropout)."""
-        return self.result.get("split", "test") == "test" and not self.result.get("mc_dropout")
+        """The test split, the stored members as saved (no MC dropout, not the GLM predictive)."""
+        return self.on_test and not self.mc_dropout and self.glm_link is None
+
+    @property
+    def variant(self) -> str | None:
+        """What makes a test evaluation a row of its own, as the row label's suffix:
+        `` + MC dropout (K=10)`` (``mc_dropout=10``) or `` GLM (mc)`` (``predictive=glm``);
+        None for a plain evaluation or another split."""
+        if not self.on_test:
+            return None
+        if self.mc_dropout:
+            return f" + MC dropout (K={self.mc_dropout})"
+        return None if self.glm_link is None else f" GLM ({self.glm_link})"
 
     @property
     def calibration(self) -> dict[str, Any] | None:
@@ -123,9 +159,28 @@ class EvalFolder:
         return cal if isinstance(cal, dict) else None
 
     @property
+    def ood(self) -> dict[str, Any]:
+        """The report's OOD columns of this evaluation (empty without ``ood=``)."""
+        ood = self.result.get("ood")
+        return ood_columns(ood) if isinstance(ood, Mapping) else {}
+
+    @property
     def eval_seconds(self) -> float | None:
         secs = (self.result.get("compute") or {}).get("eval_seconds")
         return None if secs is None else float(secs)
+
+    @property
+    def forward_passes(self) -> int:
+        """Forward passes per test example as recorded (MC dropout: K x samples; the GLM
+        predictive: one per run), else the member count."""
+        passes = (self.result.get("compute") or {}).get("forward_passes_per_example")
+        return self.num_members if passes is None else int(passes)
+
+    @property
+    def backward_passes(self) -> int | None:
+        """Backward passes per test example (the GLM predictive's Jacobian: K per run)."""
+        passes = (self.result.get("compute") or {}).get("backward_passes_per_example")
+        return None if passes is None else int(passes)
 
 
 # ----------------------------------------------------------------------------- run folders
@@ -149,7 +204,8 @@ def unfinished_run_folders(folders: Sequence[str | Path]) -> list[Path]:
 
 
 def load_run(path: Path) -> SweepRun:
-    """Config, test metrics, compute and (if evaluated) OOD AUROCs of a run folder."""
+    """Config, training-end test metrics and compute of a run folder (OOD AUROCs come from its
+    evaluation folders: :class:`EvalFolder`)."""
     config_path = path / "config.yaml"
     if not config_path.is_file():
         raise FileNotFoundError(
@@ -160,11 +216,6 @@ def load_run(path: Path) -> SweepRun:
         dict[str, Any], OmegaConf.to_container(OmegaConf.load(config_path), resolve=False)
     )
     metrics = dict(json_load(path / METRICS_FILE).get("ensemble", {}))
-    evaluation = path / EVALUATION_DIR / METRICS_FILE
-    if evaluation.is_file():
-        ood = json_load(evaluation).get("ood")
-        if ood:
-            metrics.update(ood_columns(ood))
     try:
         compute = dict(RunFolder(path).manifest.get("compute") or {})
     except SampleFileError:
@@ -208,7 +259,12 @@ def find_eval_folders(folders: Sequence[str | Path], runs: Sequence[SweepRun]) -
             continue
         paths = [_match(str(r.get("run_dir", "")), folder, known, by_name) for r in result["runs"]]
         if paths and all(p is not None for p in paths):
-            out.append(EvalFolder(folder, frozenset(p for p in paths if p is not None), result))
+            used = {
+                p: None if r.get("samples_used") is None else tuple(sorted(r["samples_used"]))
+                for p, r in zip(paths, result["runs"], strict=True)
+                if p is not None
+            }
+            out.append(EvalFolder(folder, frozenset(used), result, used))
     return out
 
 
@@ -228,15 +284,33 @@ def _match(
 
 
 def eval_folders_of(
-    evals: Sequence[EvalFolder], runs: Sequence[SweepRun], members: int | None = None
+    evals: Sequence[EvalFolder],
+    runs: Sequence[SweepRun],
+    members: int | None = None,
+    samples: Sequence[Iterable[int]] | None = None,
 ) -> list[EvalFolder]:
-    """The plain test evaluations of exactly these runs (and ``members``, if given)."""
+    """The plain test evaluations of exactly these runs (and ``members``, if given; and, with
+    ``samples``, the kept-sample indices of each run in ``runs``' order, exactly those samples
+    wherever the evaluation recorded them)."""
     want = frozenset(r.path.resolve() for r in runs)
+    chosen = {
+        r.path.resolve(): tuple(sorted(int(i) for i in s))
+        for r, s in zip(runs, samples or [], strict=False)
+    }
     return [
         e
         for e in evals
-        if e.runs == want and e.plain and (members is None or e.num_members == members)
+        if e.runs == want
+        and e.plain
+        and (members is None or e.num_members == members)
+        and all(e.used.get(p) in (None, s) for p, s in chosen.items())
     ]
+
+
+def evals_of(evals: Sequence[EvalFolder], runs: Sequence[SweepRun]) -> list[EvalFolder]:
+    """Every evaluation of exactly these runs (any kind)."""
+    want = frozenset(r.path.resolve() for r in runs)
+    return [e for e in evals if e.runs == want]
 
 
 # ----------------------------------------------------------------------------- groups
@@ -265,23 +339,24 @@ def config_key(run: SweepRun) -> tuple[tuple[str, str], ...]:
 
 
 def group_runs(runs: Sequence[SweepRun]) -> list[Group]:
-    """Groups of seeds, labelled ``sampler`` plus the keys that tell same-sampler groups apart."""
+    """Groups of seeds, labelled by method (the sampler; a Laplace run's with its structure)
+    plus the keys that tell same-method groups apart."""
     groups: dict[tuple, Group] = {}
     for run in runs:
         groups.setdefault(config_key(run), Group(config_key(run))).runs.append(run)
     out = sorted(
         groups.values(),
-        key=lambda g: (g.first.model, g.first.task, _order(g.first.sampler), _t(g)),
+        key=lambda g: (g.first.model, g.first.task, _order(g.first.method), _t(g)),
     )
     for g in out:
         g.runs.sort(key=lambda r: r.seed)
         twins = [
             h
             for h in out
-            if (h.first.model, h.first.task, h.first.sampler)
-            == (g.first.model, g.first.task, g.first.sampler)
+            if (h.first.model, h.first.task, h.first.method)
+            == (g.first.model, g.first.task, g.first.method)
         ]
-        g.label = g.first.sampler + _distinguishing(g, twins)
+        g.label = g.first.method + _distinguishing(g, twins)
     return out
 
 

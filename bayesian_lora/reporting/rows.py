@@ -9,10 +9,20 @@ Per configuration (a :class:`~bayesian_lora.reporting.discovery.Group` of seeds)
   samples of every chain (evenly spaced, ending at the last kept sample, as ``evaluate k=``;
   k = 1 is the last kept sample of each chain, ``null`` all of them) averaged into one ensemble;
 - **temperature**: where ``evaluate ... calibrate=temperature`` was run on a row's runs, the same
-  row after temperature scaling (fitted on validation), from that evaluation folder.
+  row after temperature scaling (fitted on validation), from that evaluation folder;
+- **variants** (:attr:`EvalFolder.variant <bayesian_lora.reporting.discovery.EvalFolder.variant>`):
+  where each seed's run was evaluated with ``mc_dropout=K`` (``<label> + MC dropout (K=10)``) or,
+  for Laplace runs, with ``predictive=glm`` (``<label> GLM (mc)`` / ``GLM (probit)``), mean ± sd
+  over the seeds that have it, from those evaluation folders; an evaluation of all of a group's
+  runs together gives the pooled twin (``deep_ensemble + MC dropout (K=10)``, ``<label> pooled
+  GLM (mc)``).
+
+OOD AUROC columns come from a test evaluation with ``ood=`` of exactly the row's runs and members
+(a row over seeds: each seed's own), against one OOD task per row (``ood_task``).
 
 Every row carries a 95% bootstrap CI over test examples per metric (:mod:`.bootstrap`, paired
-across the rows of a task) and compute columns: ``members`` (forward passes per test example),
+across the rows of a task) and compute columns: ``members`` (forward passes per test example;
+``backward_passes`` where the evaluation also took gradients: the GLM predictive's Jacobian),
 ``train_grad_evals`` and ``train_seconds`` (summed over the row's runs with their warm starts,
 a shared warm start counted once: :func:`bayesian_lora.compute.ensemble_cost`; a mean over seeds
 for single rows) and ``eval_seconds`` where an evaluation folder recorded it.
@@ -21,7 +31,8 @@ for single rows) and ``eval_seconds`` where an evaluation folder recorded it.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +58,7 @@ from bayesian_lora.reporting.discovery import (
     Group,
     SweepRun,
     eval_folders_of,
-    ood_columns,
+    evals_of,
 )
 from bayesian_lora.runs import MAP, SampleFileError
 
@@ -181,20 +192,91 @@ def _eval_seconds(evals: Sequence[EvalFolder]) -> float | None:
     return _mean(secs) if secs else None
 
 
+def _seed_metrics(row: dict[str, Any], per_seed: Sequence[Mapping[str, Any]]) -> None:
+    """Mean ± sd (ddof=1) over seeds of every metric, and how many seeds have it (``_n``)."""
+    for key in METRIC_KEYS:
+        values = [v for m in per_seed if (v := m.get(key)) is not None]
+        if values:
+            row[f"{key}_mean"], row[f"{key}_std"] = mean_std(values)
+            row[f"{key}_n"] = len(values)
+
+
+OOD_KEYS = ("ood_auroc_entropy", "ood_auroc_mi")
+
+
+def _one_ood_task(
+    ctx: RowContext, what: str, per_seed: Sequence[Sequence[Mapping[str, Any]]]
+) -> list[dict[str, Any]]:
+    """Per seed, the OOD columns of its first candidate (``ood_columns``) against the one OOD
+    task that most seeds were evaluated against (ties: by name), so that a row never averages
+    AUROCs of different OOD tasks; a note names any task left out."""
+    tasks = [
+        {str(c["ood_task"]): c for c in reversed(cands) if "ood_task" in c} for cands in per_seed
+    ]
+    counts = Counter(t for per in tasks for t in per)
+    if not counts:
+        return [{} for _ in per_seed]
+    task = min(counts, key=lambda t: (-counts[t], t))
+    others = sorted(set(counts) - {task})
+    if others:
+        ctx.notes.append(
+            f"{what}: OOD AUROCs against {task} ({counts[task]} of {len(per_seed)} evaluated); "
+            f"the evaluations against {', '.join(others)} are left out (one OOD task per row)"
+        )
+    return [
+        {k: v for k, v in per[task].items() if k in (*OOD_KEYS, "ood_task")} if task in per else {}
+        for per in tasks
+    ]
+
+
+def _ood_task(row: dict[str, Any], per_seed: Sequence[Mapping[str, Any]]) -> None:
+    task = next((str(c["ood_task"]) for c in per_seed if c.get("ood_task")), None)
+    if task is not None:
+        row["ood_task"] = task
+
+
+def _mean_probs(a: Mapping[str, np.ndarray] | None) -> np.ndarray | None:
+    """The mean predictive ``[N, C]`` of a predictions file's members."""
+    return None if a is None else a["predictions"].astype(np.float64).mean(axis=0)
+
+
+def _seed_ci(
+    ctx: RowContext,
+    group: Group,
+    row: dict[str, Any],
+    probs: Sequence[np.ndarray | None],
+    arrays: Sequence[Mapping[str, np.ndarray] | None],
+) -> None:
+    """The CI of a row over seeds from each seed's predictive, where every seed has one and
+    their test labels agree."""
+    if not probs or any(p is None for p in probs) or arrays[0] is None:
+        return
+    y = arrays[0]["labels"]
+    if all(a is not None and np.array_equal(a["labels"], y) for a in arrays):
+        row.update(_ci(ctx, group, [p for p in probs if p is not None], y, row["method"]))
+
+
 # ----------------------------------------------------------------------------- single models
 
 
 def group_row(group: Group, ctx: RowContext | None = None) -> dict[str, Any]:
-    """Mean and sd over seeds of every metric, the CI of the seed-mean, per-seed compute."""
+    """Mean and sd over seeds of every metric, the CI of the seed-mean, per-seed compute; the
+    OOD AUROCs of each seed's plain evaluation of all its samples with ``ood=``."""
     ctx = ctx or RowContext()
     row = _base(group, group.label, "single", group.runs)
-    for key in METRIC_KEYS:
-        values = [v for r in group.runs if (v := r.metrics.get(key)) is not None]
-        if values:
-            row[f"{key}_mean"], row[f"{key}_std"] = mean_std(values)
-            row[f"{key}_n"] = len(values)
     arrays = [ctx.predictions(r.path) for r in group.runs]
-    members = [int(a["predictions"].shape[0]) for a in arrays if a is not None]
+    counts = [None if a is None else int(a["predictions"].shape[0]) for a in arrays]
+    members = [m for m in counts if m is not None]
+    ood = _one_ood_task(
+        ctx,
+        group.label,
+        [
+            [e.ood for e in eval_folders_of(ctx.evals, [r], m)]
+            for r, m in zip(group.runs, counts, strict=True)
+        ],
+    )
+    _seed_metrics(row, [{**r.metrics, **o} for r, o in zip(group.runs, ood, strict=True)])
+    _ood_task(row, ood)
     row["members"] = _count(members) if len(members) == len(arrays) else None
     row.update(per_seed_cost(group.runs))
     per_run = [
@@ -205,12 +287,7 @@ def group_row(group: Group, ctx: RowContext | None = None) -> dict[str, Any]:
         if len(per_run) == len(group.runs) and all(per_run)
         else None
     )
-    if all(a is not None for a in arrays):
-        ok = [a for a in arrays if a is not None]
-        labels = ok[0]["labels"]
-        if all(np.array_equal(a["labels"], labels) for a in ok):
-            probs = [a["predictions"].astype(np.float64).mean(axis=0) for a in ok]
-            row.update(_ci(ctx, group, probs, labels, group.label))
+    _seed_ci(ctx, group, row, [_mean_probs(a) for a in arrays], arrays)
     return row
 
 
@@ -236,7 +313,8 @@ def _ensemble_row(
     member_rows: Sequence[np.ndarray],
     arrays: Sequence[Mapping[str, np.ndarray]],
 ) -> dict[str, Any]:
-    """One ensemble of the chosen member rows of each run's saved predictions."""
+    """One ensemble of the chosen member rows of each run's saved predictions; its OOD AUROCs
+    and eval seconds from a plain evaluation of exactly these runs and samples."""
     labels = arrays[0]["labels"]
     preds = np.concatenate(
         [a["predictions"][rows] for a, rows in zip(arrays, member_rows, strict=True)]
@@ -245,14 +323,11 @@ def _ensemble_row(
     _metrics(row, ensemble_metrics(preds, labels, _task_metric(group), _obs_std(group)))
     row["members"] = int(preds.shape[0])
     row.update(ensemble_cost([r.compute for r in group.runs]))
-    plain = eval_folders_of(ctx.evals, group.runs, row["members"])
+    plain = eval_folders_of(ctx.evals, group.runs, row["members"], member_rows)
     row["eval_seconds"] = _eval_seconds(plain[:1])
-    for e in plain:
-        if e.result.get("ood"):
-            ood = ood_columns(e.result["ood"])
-            _metrics(row, ood)
-            row["ood_task"] = ood["ood_task"]
-            break
+    (ood,) = _one_ood_task(ctx, method, [[e.ood for e in plain]])
+    _metrics(row, ood)
+    _ood_task(row, [ood])
     row.update(_ci(ctx, group, [preds.astype(np.float64).mean(axis=0)], labels, method))
     return row
 
@@ -282,13 +357,20 @@ def deep_ensemble_row(
     arrays, why = _arrays(ctx, group, "deep ensemble")
     if arrays is None:
         return None, why
-    method = "deep_ensemble" + group.label.removeprefix("map")
     rows = [np.arange(a["predictions"].shape[0]) for a in arrays]
-    return _ensemble_row(ctx, group, method, "deep_ensemble", rows, arrays), None
+    return _ensemble_row(ctx, group, ensemble_label(group), "deep_ensemble", rows, arrays), None
+
+
+def ensemble_label(group: Group) -> str:
+    """The label of a group's runs as one ensemble: ``deep_ensemble`` for MAP seeds, else
+    ``<label> pooled``."""
+    return (
+        "deep_ensemble" + group.label.removeprefix(MAP) if group.is_map else f"{group.label} pooled"
+    )
 
 
 def pooled_label(group: Group, per_chain: int | None) -> str:
-    return f"{group.label} pooled ({'all' if per_chain is None else per_chain}/chain)"
+    return f"{ensemble_label(group)} ({'all' if per_chain is None else per_chain}/chain)"
 
 
 def pooled_rows(group: Group, ctx: RowContext) -> tuple[list[dict[str, Any]], list[str]]:
@@ -310,10 +392,81 @@ def pooled_rows(group: Group, ctx: RowContext) -> tuple[list[dict[str, Any]], li
     return out, []
 
 
+# ----------------------------------------------------------------------------- evaluation-folder rows
+# Rows read from ``evaluate`` output folders (temperature scaling, MC dropout, the GLM predictive):
+# ``columns`` gives the metric and OOD columns of one folder, ``probs`` its predictive [N, C].
+Columns = Callable[[EvalFolder], dict[str, Any]]
+Probs = Callable[[RowContext, EvalFolder], np.ndarray | None]
+
+
+def _seeds_row(
+    group: Group,
+    ctx: RowContext,
+    method: str,
+    kind: str,
+    found: Sequence[tuple[SweepRun, EvalFolder]],
+    columns: Columns,
+    probs: Probs,
+) -> dict[str, Any]:
+    """A row over the seeds in ``found``, each from its own evaluation folder: mean ± sd of the
+    columns, the CI of the seed-mean, per-seed training cost, mean eval seconds."""
+    runs = [r for r, _ in found]
+    row = _base(group, method, kind, runs)
+    cols = [columns(e) for _, e in found]
+    ood = _one_ood_task(ctx, method, [[c] for c in cols])
+    plain = [{k: v for k, v in c.items() if k not in OOD_KEYS} for c in cols]
+    _seed_metrics(row, [{**c, **o} for c, o in zip(plain, ood, strict=True)])
+    _ood_task(row, ood)
+    row["members"] = _count([e.forward_passes for _, e in found])
+    _backward_passes(row, [e for _, e in found])
+    row.update(per_seed_cost(runs))
+    row["eval_seconds"] = _eval_seconds([e for _, e in found])
+    row["from"] = [str(e.path) for _, e in found]
+    _seed_ci(
+        ctx,
+        group,
+        row,
+        [probs(ctx, e) for _, e in found],
+        [ctx.predictions(e.path) for _, e in found],
+    )
+    return row
+
+
+def _pooled_row(
+    group: Group,
+    ctx: RowContext,
+    method: str,
+    kind: str,
+    e: EvalFolder,
+    columns: Columns,
+    probs: Probs,
+) -> dict[str, Any]:
+    """A row from one evaluation folder of all of the group's runs together."""
+    row = _base(group, method, kind, group.runs)
+    cols = columns(e)
+    _metrics(row, cols)
+    _ood_task(row, [cols])
+    row["members"] = e.forward_passes
+    _backward_passes(row, [e])
+    row.update(ensemble_cost([r.compute for r in group.runs]))
+    row["eval_seconds"] = e.eval_seconds
+    row["from"] = [str(e.path)]
+    p, a = probs(ctx, e), ctx.predictions(e.path)
+    if p is not None and a is not None:
+        row.update(_ci(ctx, group, [p], a["labels"], method))
+    return row
+
+
+def _backward_passes(row: dict[str, Any], evals: Sequence[EvalFolder]) -> None:
+    passes = [e.backward_passes for e in evals]
+    if any(p is not None for p in passes):
+        row["backward_passes"] = _count([int(p or 0) for p in passes])
+
+
 # ----------------------------------------------------------------------------- temperature scaling
 
 
-def _calibrated(e: EvalFolder, ctx: RowContext) -> np.ndarray | None:
+def _calibrated(ctx: RowContext, e: EvalFolder) -> np.ndarray | None:
     a = ctx.predictions(e.path)
     if a is None or "calibrated_predictions" not in a:
         return None
@@ -321,22 +474,19 @@ def _calibrated(e: EvalFolder, ctx: RowContext) -> np.ndarray | None:
 
 
 def _calibrated_evals(ctx: RowContext, runs: Sequence[SweepRun]) -> list[EvalFolder]:
-    want = frozenset(r.path.resolve() for r in runs)
-    found = [
-        e
-        for e in ctx.evals
-        if e.runs == want
-        and e.calibration is not None
-        and e.result.get("split", "test") == "test"
-        and not e.result.get("mc_dropout")
-    ]
+    found = [e for e in evals_of(ctx.evals, runs) if e.plain and e.calibration is not None]
     return sorted(found, key=lambda e: (-e.num_members, e.path.name))
 
 
-def _cal_columns(cal: Mapping[str, Any]) -> dict[str, float]:
-    out = {k: float(v) for k, v in cal["ensemble"].items() if k in METRIC_KEYS}
+def _cal_columns(e: EvalFolder) -> dict[str, Any]:
+    """The calibrated predictive's metrics, and its OOD AUROC by entropy (the tempered mean
+    predictive has no mutual information)."""
+    cal = e.calibration or {}
+    out: dict[str, Any] = {k: float(v) for k, v in cal["ensemble"].items() if k in METRIC_KEYS}
     if isinstance(cal.get("ood_entropy"), Mapping):
         out["ood_auroc_entropy"] = float(cal["ood_entropy"]["auroc"])
+        if "ood_task" in e.ood:
+            out["ood_task"] = e.ood["ood_task"]
     return out
 
 
@@ -345,27 +495,11 @@ def temperature_single_row(group: Group, ctx: RowContext) -> dict[str, Any] | No
     found = [(r, ev[0]) for r in group.runs if (ev := _calibrated_evals(ctx, [r]))]
     if not found:
         return None
-    runs = [r for r, _ in found]
-    row = _base(group, f"{group.label} + temperature", "temperature", runs)
-    cols = [_cal_columns(e.calibration or {}) for _, e in found]
-    for key in METRIC_KEYS:
-        values = [c[key] for c in cols if key in c]
-        if values:
-            row[f"{key}_mean"], row[f"{key}_std"] = mean_std(values)
-            row[f"{key}_n"] = len(values)
+    method = f"{group.label} + temperature"
+    row = _seeds_row(group, ctx, method, "temperature", found, _cal_columns, _calibrated)
     row["scaling_temperature"] = _mean(
         [float((e.calibration or {})["temperature"]) for _, e in found]
     )
-    row["members"] = _count([e.num_members for _, e in found])
-    row.update(per_seed_cost(runs))
-    row["eval_seconds"] = _eval_seconds([e for _, e in found])
-    row["from"] = [str(e.path) for _, e in found]
-    probs = [p for _, e in found if (p := _calibrated(e, ctx)) is not None]
-    labels = [ctx.predictions(e.path) for _, e in found]
-    if len(probs) == len(found) and labels[0] is not None:
-        y = labels[0]["labels"]
-        if all(a is not None and np.array_equal(a["labels"], y) for a in labels):
-            row.update(_ci(ctx, group, probs, y, row["method"]))
     return row
 
 
@@ -378,26 +512,80 @@ def temperature_pooled_rows(
         return []
     out: list[tuple[int | None, dict[str, Any]]] = []
     for e in _calibrated_evals(ctx, group.runs):
-        cal = e.calibration or {}
         at = next((i for i, r in enumerate(base_rows) if r.get("members") == e.num_members), None)
         base = (
             base_rows[at]["method"]
             if at is not None
             else f"{group.label} pooled ({e.num_members} members)"
         )
-        row = _base(group, f"{base} + temperature", "temperature", group.runs)
-        _metrics(row, _cal_columns(cal))
-        row["scaling_temperature"] = float(cal["temperature"])
-        row["members"] = e.num_members
-        row.update(ensemble_cost([r.compute for r in group.runs]))
-        row["eval_seconds"] = e.eval_seconds
-        row["from"] = [str(e.path)]
-        probs = _calibrated(e, ctx)
-        a = ctx.predictions(e.path)
-        if probs is not None and a is not None:
-            row.update(_ci(ctx, group, [probs], a["labels"], row["method"]))
+        row = _pooled_row(
+            group, ctx, f"{base} + temperature", "temperature", e, _cal_columns, _calibrated
+        )
+        row["scaling_temperature"] = float((e.calibration or {})["temperature"])
         out.append((at, row))
     return out
+
+
+# ----------------------------------------------------------------------------- MC dropout, GLM
+
+
+def _variant_columns(e: EvalFolder) -> dict[str, Any]:
+    """The evaluation's (uncalibrated) ensemble metrics and OOD AUROCs; for the GLM predictive
+    of a regression task its closed-form NLL and RMSE (``predictive.closed_form``)."""
+    out: dict[str, Any] = {
+        k: float(v) for k, v in e.result.get("ensemble", {}).items() if k in METRIC_KEYS
+    }
+    out.update(
+        {k: float(v) for k, v in (e.result.get("predictive") or {}).get("closed_form", {}).items()}
+    )
+    return {**out, **e.ood}
+
+
+def _variant_probs(ctx: RowContext, e: EvalFolder) -> np.ndarray | None:
+    return _mean_probs(ctx.predictions(e.path))
+
+
+def _variants(evals: Sequence[EvalFolder]) -> list[str]:
+    """The variants among ``evals``: MC dropout by K, then the GLM predictive by link."""
+    by_name = {e.variant: (e.glm_link is not None, e.mc_dropout, e.glm_link or "") for e in evals}
+    return sorted((v for v in by_name if v is not None), key=lambda v: by_name[v])
+
+
+def _best(evals: Sequence[EvalFolder]) -> EvalFolder:
+    """Of several evaluations of one kind: one with OOD inputs, then the most members."""
+    return sorted(evals, key=lambda e: (not e.ood, -e.num_members, e.path.name))[0]
+
+
+def variant_single_rows(group: Group, ctx: RowContext) -> list[dict[str, Any]]:
+    """``<label> + MC dropout (K=..)`` and ``<label> GLM (<link>)``: per variant, each seed's
+    own evaluation of that kind (all its samples), mean ± sd over the seeds that have one."""
+    per_run = {r.path: evals_of(ctx.evals, [r]) for r in group.runs}
+    rows = []
+    for variant in _variants([e for evals in per_run.values() for e in evals]):
+        found = [
+            (r, _best(mine))
+            for r in group.runs
+            if (mine := [e for e in per_run[r.path] if e.variant == variant])
+        ]
+        method = f"{group.label}{variant}"
+        rows.append(
+            _seeds_row(group, ctx, method, "variant", found, _variant_columns, _variant_probs)
+        )
+    return rows
+
+
+def variant_pooled_rows(group: Group, ctx: RowContext) -> list[dict[str, Any]]:
+    """``deep_ensemble + MC dropout (K=..)``, ``<label> pooled GLM (<link>)``: an evaluation of
+    that kind of all of the group's runs together."""
+    if len(group.runs) < 2:
+        return []
+    evals = evals_of(ctx.evals, group.runs)
+    rows = []
+    for variant in _variants(evals):
+        e = _best([e for e in evals if e.variant == variant])
+        method = f"{ensemble_label(group)}{variant}"
+        rows.append(_pooled_row(group, ctx, method, "variant", e, _variant_columns, _variant_probs))
+    return rows
 
 
 # ----------------------------------------------------------------------------- all rows
@@ -406,8 +594,9 @@ def temperature_pooled_rows(
 def table_rows(
     groups: Sequence[Group], ctx: RowContext | None = None
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """Per group: its single row (and + temperature), then its deep-ensemble or pooled rows,
-    each followed by its temperature-scaled twin where one was evaluated."""
+    """Per group: its single row (and + temperature, + MC dropout, GLM), then its deep-ensemble
+    or pooled rows, each followed by its temperature-scaled twin where one was evaluated, then
+    the pooled MC dropout and GLM rows."""
     ctx = ctx or RowContext()
     rows: list[dict[str, Any]] = []
     notes: list[str] = []
@@ -415,6 +604,7 @@ def table_rows(
         rows.append(group_row(g, ctx))
         single_t = temperature_single_row(g, ctx)
         rows += [single_t] if single_t else []
+        rows += variant_single_rows(g, ctx)
         ensembles: list[dict[str, Any]] = []
         if g.is_map and len(g.runs) >= 2:
             row, note = deep_ensemble_row(g, ctx)
@@ -429,6 +619,7 @@ def table_rows(
             rows.append(base)
             rows += [r for at, r in scaled if at == i]
         rows += [r for at, r in scaled if at is None]
+        rows += variant_pooled_rows(g, ctx)
     paired_deltas(rows, ctx)
     notes += list(dict.fromkeys(ctx.notes))
     return rows, notes

@@ -28,9 +28,11 @@ COLUMNS: tuple[tuple[str, str, float], ...] = (
     ("ood auroc entropy", "ood_auroc_entropy", 1.0),
     ("ood auroc MI", "ood_auroc_mi", 1.0),
 )
-# (column, row key, format): the sampler config and what the row cost.
+# (column, row key, format): the forward (members) and backward passes per test example, the
+# sampler config.
 CONFIG_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("members", "members", "g"),
+    ("backward passes", "backward_passes", "g"),  # per test example: the GLM predictive's
     ("T", "sampler_temperature", "g"),
     ("step size", "step_size", "g"),
 )

@@ -8,6 +8,7 @@ names, config and lock (e.g. refusing a bad ``resume=``) stays light.
 from typing import TYPE_CHECKING, Any
 
 from bayesian_lora.runs.folder import (
+    LAPLACE,
     MAP,
     RunFolder,
     find_run_folders,
@@ -24,6 +25,7 @@ from bayesian_lora.runs.manifest import (
 )
 
 __all__ = [
+    "LAPLACE",
     "MAP",
     "SCHEMA",
     "LegacyRunFolderError",

@@ -25,6 +25,8 @@ if TYPE_CHECKING:  # the store imports torch; a run folder's names and lock do n
 
 #: the MAP method's name (``sampler=map``; ``bayesian_lora.methods.map``)
 MAP = "map"
+#: the sampler name of a Laplace run folder (``python -m bayesian_lora.laplace``)
+LAPLACE = "laplace"
 
 
 def run_method(manifest: Any) -> str:
