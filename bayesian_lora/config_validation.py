@@ -1022,6 +1022,10 @@ def validate_model(cfg: DictConfig) -> None:
 # ---------------------------------------------------------------- evaluate's options
 _OPTIONAL_TEXT = (lambda v: v is None or TEXT[0](v), "null or a non-empty string")
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+TORCH_DEVICE: Check = (
+    lambda v: isinstance(v, str) and bool(_DEVICE.fullmatch(v)),
+    "auto, cpu, mps, cuda or cuda:<index>",
+)
 
 #: ``conf/evaluate.yaml``: k, mc_dropout, split, ood and calibrate are checked by
 #: ``evaluate.check_options`` (their allowed values depend on the registries).
@@ -1044,13 +1048,7 @@ EVALUATE_RULES: list[Rule] = [
     ("plots", FLAG),
     ("ood_max_samples", _optional(_int(1))),
     ("eval_batch_size", _optional(_int(1))),
-    (
-        "device",
-        (
-            lambda v: isinstance(v, str) and bool(_DEVICE.fullmatch(v)),
-            "auto, cpu, mps, cuda or cuda:<index>",
-        ),
-    ),
+    ("device", TORCH_DEVICE),
     ("seed", _int(0, 2**32 - 1)),
     ("out_dir", _OPTIONAL_TEXT),
     ("diagnostics.probes", _int(0)),
@@ -1070,19 +1068,56 @@ EVALUATE_RULES: list[Rule] = [
 
 def validate_evaluate_config(cfg: DictConfig) -> None:
     """``python -m bayesian_lora.evaluate``'s options: unknown keys and the rows above."""
+    _validate_command(cfg, EVALUATE_RULES, "evaluate", ("model", "hydra"))
+
+
+#: ``conf/laplace.yaml``: structure, prior_precision and val_nll_grid are checked by
+#: ``laplace.check_options`` (the structures are the method module's; the grid matters only
+#: with ``prior_precision=val_nll``).
+LAPLACE_RULES: list[Rule] = [
+    ("task_name", TEXT),
+    ("run_dir", _OPTIONAL_TEXT),
+    ("structure", ANY),
+    ("prior_precision", ANY),
+    ("val_nll_grid", ANY),
+    ("val_nll_draws", _int(1)),
+    ("num_samples", _int(1)),
+    ("seed", _int(0, 2**32 - 1)),
+    ("max_batches", _optional(_int(1))),
+    ("out_dir", _OPTIONAL_TEXT),
+    ("model", ANY),  # a model config, compared with the MAP run's manifest
+    ("eval_batch_size", _optional(_int(1))),
+    ("device", TORCH_DEVICE),
+    ("evaluate_on_fit_end", FLAG),
+    ("paths.data_dir", FOLDER),
+    ("paths.cache_dir", _OPTIONAL_TEXT),
+]
+
+
+def validate_laplace_config(cfg: DictConfig) -> None:
+    """``python -m bayesian_lora.laplace``'s options: unknown keys and the rows above."""
+    _validate_command(cfg, LAPLACE_RULES, "laplace", ("model", "hydra"))
+
+
+def _validate_command(
+    cfg: DictConfig, rules: Sequence[Rule], command: str, free: Sequence[str]
+) -> None:
+    """A command's options: a key no row names (outside the ``free`` subtrees) is an error
+    naming the nearest valid key; then the rows; every bad value at once."""
     errors: list[str] = []
-    known = {k for k, _ in EVALUATE_RULES}
+    known = {k for k, _ in rules}
+    groups = {k.split(".", 1)[0] for k in known if "." in k}
     container = OmegaConf.to_container(cfg, resolve=False)
     for key in _leaves(container):
         top = key.split(".", 1)[0]
-        if key in known or top in ("model", "hydra") or (key in ("diagnostics", "paths", "wandb")):
+        if key in known or top in free or key in groups:
             continue
         value = _show(OmegaConf.select(cfg, key, default=_MISSING))
         near = nearest_key(key, sorted(known))
         hint = f"; did you mean {near}" if near else ""
         errors.append(
-            f"{key}={value} is not allowed: unknown key, nothing reads it{hint}? evaluate's "
+            f"{key}={value} is not allowed: unknown key, nothing reads it{hint}? {command}'s "
             f"keys: {', '.join(sorted({k.split('.', 1)[0] for k in known}))}"
         )
-    _apply(cfg, EVALUATE_RULES, errors)
+    _apply(cfg, rules, errors)
     raise_errors(errors)

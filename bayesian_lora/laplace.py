@@ -3,8 +3,10 @@
 MAP run folder -> (options checked) -> model + LoRA at theta* and the training batches ->
 curvature (diagonal or KFAC GGN, one pass) -> prior precision (marginal likelihood, validation
 NLL, or given) -> ``num_samples`` draws written as a new run folder's sample stack (plus
-``laplace.safetensors`` and ``laplace.json``), which ``evaluate`` then scores like any run. The
-math is in :mod:`bayesian_lora.methods.laplace`.
+``laplace.safetensors`` and ``laplace.json``) -> with ``evaluate_on_fit_end`` (default) the test
+metrics of the draws, as ``train`` writes them at the end of a run (``predictions.safetensors``,
+``metrics.json``: a finished run folder, which the report reads). ``evaluate`` then scores it like
+any run. The math is in :mod:`bayesian_lora.methods.laplace`.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from bayesian_lora.config import CONFIG_DIR, build_datamodule
-from bayesian_lora.config_validation import ConfigError
+from bayesian_lora.config_validation import ConfigError, validate_laplace_config
 from bayesian_lora.errors import MissingInputError
 from bayesian_lora.evaluation.ensemble import cache_batches, labels_of, predict_samples, swap_in
 from bayesian_lora.evaluation.metrics import ensemble_metrics
@@ -35,6 +37,7 @@ from bayesian_lora.evaluation.predict import (
     build_eval_batches,
     build_eval_module,
     eval_run_config,
+    evaluate_module_on_test,
     ood_batches,
     resolve_device,
     shift_tasks,
@@ -51,7 +54,7 @@ from bayesian_lora.methods.laplace import (
     load_posterior,
     probit_probs,
 )
-from bayesian_lora.runs import RunFolder, load_samples, open_run, write_samples
+from bayesian_lora.runs import LAPLACE, RunFolder, load_samples, open_run, write_samples
 from bayesian_lora.runs.layout import SAMPLES_FILE
 
 log = logging.getLogger("bayesian_lora.laplace")
@@ -60,7 +63,10 @@ PRIOR_MODES = ("marglik", "val_nll")
 
 
 def check_options(cfg: DictConfig) -> None:
-    """Every option, before anything loads."""
+    """Every option, before anything loads: ``conf/laplace.yaml``'s keys
+    (:func:`~bayesian_lora.config_validation.validate_laplace_config`), then the ones that
+    depend on each other or on the method's module."""
+    validate_laplace_config(cfg)
     if not cfg.get("run_dir"):
         raise ConfigError("give run_dir=<MAP run folder>")
     if cfg.structure not in STRUCTURES:
@@ -73,9 +79,6 @@ def check_options(cfg: DictConfig) -> None:
         raise ConfigError(
             f"prior_precision={prior!r} is not allowed: {' or '.join(PRIOR_MODES)}, or a number > 0"
         )
-    for key in ("num_samples", "val_nll_draws"):
-        if not (isinstance(cfg[key], int) and cfg[key] >= 1):
-            raise ConfigError(f"{key}={cfg[key]!r} is not allowed: an integer >= 1")
     grid = list(cfg.val_nll_grid or [])
     if prior == "val_nll" and not (grid and all(float(d) > 0 for d in grid)):
         raise ConfigError(f"val_nll_grid={grid!r} is not allowed: a non-empty list of numbers > 0")
@@ -133,7 +136,7 @@ def fit_laplace(cfg: DictConfig) -> dict[str, Any]:
     draws = {n: t.to(params[n].dtype) for n, t in post.sample(int(cfg.num_samples), gen).items()}
     fit_seconds = time.perf_counter() - fit_start
     info = {
-        "method": "laplace",
+        "method": LAPLACE,
         "structure": cfg.structure,
         "prior_precision_mode": str(cfg.prior_precision),
         "prior_precision": post.prior_precision,
@@ -151,7 +154,9 @@ def fit_laplace(cfg: DictConfig) -> dict[str, Any]:
             curvature, search, select_seconds, fit_seconds, run.manifest.get("compute")
         ),
     }
-    write_run(out_dir, run, draws, curvature, info)
+    write_run(out_dir, run, draws, curvature, info, laplace_options(cfg))
+    if cfg.evaluate_on_fit_end:  # train's end-of-run test evaluation of the kept samples
+        evaluate_module_on_test(module, dm, out_dir)
     print(summary(info, out_dir))
     return info
 
@@ -235,20 +240,39 @@ def laplace_compute(
     return out
 
 
+def laplace_options(cfg: DictConfig) -> dict[str, Any]:
+    """The options that make a Laplace configuration (the run folder's ``sampler`` block, so
+    that the report groups the fits of several MAP seeds as one): structure, how the prior
+    precision was chosen, the draws; not the fitted values, which differ between seeds."""
+    out: dict[str, Any] = {
+        "name": LAPLACE,
+        "structure": str(cfg.structure),
+        "prior_precision": cfg.prior_precision,
+        "num_samples": int(cfg.num_samples),
+        "max_batches": cfg.get("max_batches"),
+    }
+    if cfg.prior_precision == "val_nll":
+        out["val_nll_grid"] = [float(d) for d in cfg.val_nll_grid]
+        out["val_nll_draws"] = int(cfg.val_nll_draws)
+    return out
+
+
 def write_run(
     out_dir: Path,
     run: RunFolder,
     draws: dict[str, Tensor],
     curvature: Curvature,
     info: dict[str, Any],
+    options: dict[str, Any],
 ) -> None:
-    """config.yaml (the MAP's, sampler replaced), laplace.safetensors, laplace.json, samples."""
+    """config.yaml (the MAP's, its sampler replaced by the Laplace ``options`` and the MAP run),
+    laplace.safetensors, laplace.json, samples (the fitted prior in the manifest's
+    ``prior_std`` and ``posterior``)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     config = copy.deepcopy(run.config)
-    sampler = {"name": "laplace", "structure": info["structure"], "from_run": str(run.path)}
+    sampler = {**options, "from_run": str(run.path)}
     with open_dict(config):
         config.sampler = sampler
-        config.prior_std = float(info["prior_std"])
         config.paths.output_dir = str(out_dir)
     OmegaConf.save(config, out_dir / "config.yaml", resolve=True)
     tensors = {f"theta/{n}": t.float() for n, t in curvature.theta.items()}

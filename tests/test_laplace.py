@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from safetensors.torch import load_file
 from scipy.optimize import minimize_scalar
 from torch import Tensor, nn
@@ -26,6 +27,8 @@ from bayesian_lora.methods.laplace import (
     probit_probs,
 )
 from bayesian_lora.models.module import gaussian_nll
+from bayesian_lora.report import build_report
+from bayesian_lora.reporting.discovery import is_run_folder
 from bayesian_lora.runs import load_samples
 from tests.helpers import compose_config, run_eval, train_run
 
@@ -170,6 +173,22 @@ def test_laplace_cli_on_a_tiny_map_run_then_evaluate(
     out = tmp_path / "map_laplace_kron"
     draws, manifest = load_samples(out)
     assert manifest["num_samples"] == 5 and manifest["sampler"]["name"] == "laplace"
+    # the config: the MAP's (its prior_std, not the fitted one, which differs between seeds)
+    # with the Laplace options as the sampler, so the fits of several seeds group as one
+    config = OmegaConf.load(out / "config.yaml")
+    assert config.prior_std == 1.0 and manifest["prior_std"] == pytest.approx(info["prior_std"])
+    assert OmegaConf.to_container(config.sampler) == {
+        "name": "laplace",
+        "structure": "kron",
+        "prior_precision": "marglik",
+        "num_samples": 5,
+        "max_batches": None,
+        "from_run": str(run.resolve()),
+    }
+    # evaluate_on_fit_end: a finished run folder, with train's end-of-run test evaluation
+    assert is_run_folder(out) and (out / "predictions.safetensors").is_file()
+    fit_end = json.loads((out / "metrics.json").read_text())
+    assert fit_end["num_samples"] == 5
     assert info["prior_precision"] > 0 and math.isfinite(info["log_marglik"])
     assert info["log_marglik"] >= info["log_marglik_at_run_prior"] - 1e-9  # the maximiser
     assert info["compute"]["curvature_backward_passes"] > 0
@@ -188,6 +207,8 @@ def test_laplace_cli_on_a_tiny_map_run_then_evaluate(
     result = run_eval(f"run_dir={out}", "plots=false")
     assert result["num_members"] == 5 and result["runs"][0]["sampler"] == "laplace"
     assert result["predictive"] == {"kind": "samples"}
+    for key, value in result["ensemble"].items():  # the same draws through the same forward
+        assert fit_end["ensemble"][key] == pytest.approx(value, abs=1e-6), key
     # the linearised predictive beside it: logit draws (mc) and the probit, with OOD inputs
     glm = run_eval(f"run_dir={out}", "predictive=glm", "glm_samples=64", "ood=sst2", "plots=false")
     p = glm["predictive"]
@@ -234,6 +255,32 @@ def test_laplace_cli_on_a_tiny_map_run_then_evaluate(
     val_batches = diag["compute"]["prior_search_forward_passes"] / (2 * 2)  # 2 deltas x 2 draws
     assert diag["compute"]["prior_search_evaluations"] == 2 and val_batches == int(val_batches) > 0
 
+    # one report over the MAP run and its two fits: every row, with the MAP fit in the cost
+    report = build_report([tmp_path], plots=False)
+    rows = {r["method"]: r for r in report["rows"]}
+    assert list(rows) == [
+        "map",
+        "laplace (diag)",
+        "laplace (kron)",
+        "laplace (kron) GLM (mc)",
+        "laplace (kron) GLM (probit)",
+    ]
+    kron = rows["laplace (kron)"]
+    assert kron["nll_mean"] == pytest.approx(fit_end["ensemble"]["nll"]) and kron["members"] == 5
+    assert kron["train_grad_evals"] == map_total + compute["curvature_batches"]
+    assert kron["train_seconds"] == pytest.approx(expected_seconds, abs=2e-3)
+    assert (
+        rows["laplace (diag)"]["train_grad_evals"]
+        == map_total + diag["compute"]["curvature_batches"]
+    )
+    mc = rows["laplace (kron) GLM (mc)"]
+    assert mc["nll_mean"] == pytest.approx(glm["ensemble"]["nll"]) and mc["ood_task"] == "sst2"
+    assert mc["ood_auroc_mi_mean"] == pytest.approx(glm["ood"]["mutual_information"]["auroc"])
+    assert (mc["members"], mc["backward_passes"]) == (1, 2)
+    assert rows["laplace (kron) GLM (probit)"]["nll_mean"] == pytest.approx(
+        probit["ensemble"]["nll"]
+    )
+
 
 def test_bad_laplace_options_are_refused_before_loading(tmp_path: Path) -> None:
     for override, match in [
@@ -241,6 +288,8 @@ def test_bad_laplace_options_are_refused_before_loading(tmp_path: Path) -> None:
         ("prior_precision=-1", "prior_precision=-1 is not allowed"),
         ("prior_precision=evidence", "marglik or val_nll, or a number > 0"),
         ("num_samples=0", "num_samples=0 is not allowed"),
+        ("evaluate_on_fit_end=1", "evaluate_on_fit_end=1 is not allowed: true or false"),
+        ("+num_draws=3", "num_draws=3 is not allowed: unknown key, nothing reads it"),
     ]:
         with pytest.raises(ConfigError, match=match):
             fit_laplace(compose_config("laplace", [f"run_dir={tmp_path}", override]))
