@@ -342,15 +342,21 @@ def test_temperature_scaled_evaluations_become_rows(sweep: dict[str, Any], tmp_p
         p = sweep["maps"][s][0] ** (1 / t)
         p = p / p.sum(axis=1, keepdims=True)
         scaled.append(p)
-        _calibrated_eval(run / "evaluation_temperature", [run], sweep["maps"][s], p, t)
+        _eval_folder(
+            run / "evaluation_temperature",
+            [run],
+            sweep["maps"][s],
+            calibrated=(p, t),
+            compute={"eval_seconds": 2.0},
+        )
     pooled = np.concatenate(sweep["maps"]).mean(axis=0) ** (1 / 1.2)
     pooled = pooled / pooled.sum(axis=1, keepdims=True)
-    _calibrated_eval(
+    _eval_folder(
         root / "map" / "evaluation_deep_ensemble_t",
         runs,
         np.concatenate(sweep["maps"]),
-        pooled,
-        1.2,
+        calibrated=(pooled, 1.2),
+        compute={"eval_seconds": 2.0},
     )
     report = build_report([root], out_dir=tmp_path, plots=False)
     methods = [r["method"] for r in report["rows"]]
@@ -369,27 +375,6 @@ def test_temperature_scaled_evaluations_become_rows(sweep: dict[str, Any], tmp_p
     assert de["nll_mean"] == pytest.approx(classification_metrics(pooled, LABELS)["nll"])
     assert de["train_grad_evals"] == 3 * 128
     assert de["nll_ci_low"] <= de["nll_mean"] <= de["nll_ci_high"]
-
-
-def _calibrated_eval(
-    folder: Path, runs: list[Path], members: np.ndarray, calibrated: np.ndarray, t: float
-) -> None:
-    """What ``evaluate ... calibrate=temperature`` writes, reduced to what the report reads."""
-    extra = {"calibrated_predictions": calibrated.astype(np.float32)}
-    save_predictions(folder / "predictions.safetensors", members, LABELS, extra)
-    metrics = classification_metrics(calibrated, LABELS, "f1_accuracy")
-    write_json(
-        folder / METRICS_FILE,
-        {
-            "kind": "map" if len(runs) == 1 else "deep_ensemble",
-            "split": "test",
-            "mc_dropout": 0,
-            "num_members": int(members.shape[0]),
-            "runs": [{"run_dir": str(r)} for r in runs],
-            "compute": {"eval_seconds": 2.0},
-            "calibration": {"method": "temperature", "temperature": t, "ensemble": metrics},
-        },
-    )
 
 
 # ----------------------------------------------------------------------------- every method
@@ -433,10 +418,16 @@ def _eval_folder(
     glm_link: str | None = None,
     ood: str | None = None,
     compute: dict[str, Any] | None = None,
+    calibrated: tuple[np.ndarray, float] | None = None,
 ) -> None:
     """What ``evaluate`` writes for ``run_dir(s)=runs`` (``mc_dropout=``, ``predictive=glm``,
-    ``ood=``): member predictions, the ensemble metrics, the OOD AUROCs of ``OOD_AUROC``."""
-    save_predictions(folder / "predictions.safetensors", members, LABELS)
+    ``ood=``, ``calibrate=temperature``: the calibrated predictive and its T), reduced to what
+    the report reads: member predictions, the ensemble metrics, the OOD AUROCs of
+    ``OOD_AUROC`` (the calibrated entropy AUROC: the uncalibrated one + 0.01)."""
+    extra = (
+        {} if calibrated is None else {"calibrated_predictions": calibrated[0].astype(np.float32)}
+    )
+    save_predictions(folder / "predictions.safetensors", members, LABELS, extra)
     used = samples_used or [[0] for _ in runs]
     result: dict[str, Any] = {
         "kind": "eval",
@@ -457,6 +448,14 @@ def _eval_folder(
             "entropy": {"auroc": entropy},
             "mutual_information": {"auroc": mi},
         }
+    if calibrated is not None:
+        result["calibration"] = {
+            "method": "temperature",
+            "temperature": calibrated[1],
+            "ensemble": classification_metrics(calibrated[0], LABELS, "f1_accuracy"),
+        }
+        if ood is not None:
+            result["calibration"]["ood_entropy"] = {"auroc": OOD_AUROC[ood][0] + 0.01}
     write_json(folder / METRICS_FILE, result)
 
 
@@ -586,7 +585,8 @@ def test_mc_dropout_row_against_a_hand_computation(methods: dict[str, Any]) -> N
     assert row["ood_auroc_entropy_mean"] == pytest.approx(0.61)
     assert row["ood_auroc_mi_mean"] == pytest.approx(0.58)
     assert any(
-        "map + MC dropout (K=10): OOD AUROCs against rte" in n and "sst2" in n
+        "map + MC dropout (K=10): OOD AUROCs from the evaluation(s) against rte (2 of 3)" in n
+        and "sst2" in n
         for n in report["notes"]
     )
 
@@ -680,3 +680,47 @@ def test_laplace_fits_of_several_map_seeds_are_one_configuration() -> None:
         ("laplace (diag)", [0, 1]),
         ("laplace (kron)", [0, 1, 2]),
     ]
+
+
+def test_ood_columns_of_every_row_kind(tmp_path: Path) -> None:
+    """Each row takes its OOD AUROCs from an evaluation with ``ood=`` of exactly its runs and
+    members: single rows (a MAP seed, a chain: SWAG, BLoB and Laplace runs are read the same
+    way), the deep ensemble, pooled chains at 1 and all samples per chain, temperature rows
+    (entropy only: the tempered mean predictive has no mutual information)."""
+    rng = np.random.default_rng(11)
+    maps, chains = [], []
+    for s in range(2):
+        p, q = _probs(rng, 1), _probs(rng, 10)
+        maps.append(fake_run_folder(tmp_path / f"{s}_map", p, LABELS, seed=s))
+        chain = fake_run_folder(tmp_path / f"{s}_sgld", q, LABELS, sampler="sgld", seed=s)
+        chains.append((chain, q))
+        _eval_folder(maps[-1] / "evaluation", [maps[-1]], p, ood="rte")
+        _eval_folder(chain / "evaluation", [chain], q, samples_used=[list(range(10))], ood="rte")
+        _eval_folder(
+            maps[-1] / "evaluation_temperature", [maps[-1]], p, ood="rte", calibrated=(p[0], 1.5)
+        )
+    members = np.concatenate([_probs(rng, 1) for _ in range(2)])
+    _eval_folder(tmp_path / "evaluation_de", maps, members, ood="rte")
+    _eval_folder(tmp_path / "evaluation_de_t", maps, members, ood="rte", calibrated=(members[0], 2))
+    runs = [c for c, _ in chains]
+    last = np.stack([q[-1] for _, q in chains])
+    _eval_folder(tmp_path / "evaluation_1", runs, last, samples_used=[[9], [9]], ood="rte")
+    every = np.concatenate([q for _, q in chains])
+    _eval_folder(tmp_path / "evaluation_all", runs, every, samples_used=[list(range(10))] * 2)
+    report = build_report([tmp_path], out_dir=tmp_path / "out", plots=False)
+    with_ood = {r["method"]: r.get("ood_auroc_entropy_mean") for r in report["rows"]}
+    assert with_ood == {
+        "map": pytest.approx(0.61),
+        "map + temperature": pytest.approx(0.62),
+        "deep_ensemble": pytest.approx(0.61),
+        "deep_ensemble + temperature": pytest.approx(0.62),
+        "sgld": pytest.approx(0.61),
+        "sgld pooled (1/chain)": pytest.approx(0.61),
+        "sgld pooled (all/chain)": None,  # its evaluation had no ood=
+    }
+    for row in report["rows"]:
+        has_mi = "ood_auroc_mi_mean" in row
+        assert has_mi == (
+            row["kind"] != "temperature" and row["method"] != "sgld pooled (all/chain)"
+        )
+        assert row.get("ood_task") == (None if with_ood[row["method"]] is None else "rte")

@@ -220,8 +220,9 @@ def _one_ood_task(
     others = sorted(set(counts) - {task})
     if others:
         ctx.notes.append(
-            f"{what}: OOD AUROCs against {task} ({counts[task]} of {len(per_seed)} evaluated); "
-            f"the evaluations against {', '.join(others)} are left out (one OOD task per row)"
+            f"{what}: OOD AUROCs from the evaluation(s) against {task} ({counts[task]} of "
+            f"{len(per_seed)}); those against {', '.join(others)} are left out (one OOD task "
+            "per row)"
         )
     return [
         {k: v for k, v in per[task].items() if k in (*OOD_KEYS, "ood_task")} if task in per else {}
