@@ -171,14 +171,16 @@ def fake_run_folder(
     sampler_config: dict[str, Any] | None = None,
     steps: list[int] | None = None,
     samples: dict[str, Any] | None = None,
+    posterior: dict[str, Any] | None = None,
 ) -> Path:
     """A finished run folder without training: ``config.yaml``, samples and manifest (the run
     folder writers), the training-end ``predictions.safetensors`` (``preds`` ``[M, N, C]``) and
     ``metrics.json``, and a ``trace.safetensors`` of the per-step ``trace`` arrays (``step``
     unless given: 0, 1, ...; ``kept`` unless given: every 10th step from the first).
     ``sampler_config`` adds keys to the config's ``sampler`` block (a schedule, the chain
-    lengths), ``steps`` are the manifest's kept steps and ``samples`` replace the made-up
-    ``lora_A`` samples."""
+    lengths; a Laplace run's ``structure``, ``from_run``, ...), ``steps`` are the manifest's
+    kept steps, ``samples`` replace the made-up ``lora_A`` samples, and ``posterior`` is the
+    manifest's block of a method whose samples are independent draws (SWAG, Laplace, BLoB)."""
     import numpy as np
     import torch
     from omegaconf import OmegaConf
@@ -212,6 +214,8 @@ def fake_run_folder(
     manifest = {"task": task, "sampler": {"name": sampler}, "seed": seed, "status": "complete"}
     if steps is not None:
         manifest["steps"] = list(steps)
+    if posterior is not None:
+        manifest["posterior"] = posterior
     write_samples(folder, samples, {**manifest, "compute": compute or {}})
     save_predictions(folder / "predictions.safetensors", preds, np.asarray(labels))
     metrics = ensemble_metrics(preds, np.asarray(labels), get_task(task).metric)

@@ -504,6 +504,7 @@ def methods(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             seed=s,
             compute=lap_compute,
             sampler_config={**LAPLACE_SAMPLER, "from_run": str(run)},
+            posterior={"method": "laplace", "structure": "kron"},
         )
         laplace_runs.append(lap)
         if s < 2:
@@ -622,6 +623,11 @@ def test_laplace_rows_group_the_seeds_and_count_the_map_fit(methods: dict[str, A
     # 3 members, but not the row's (the last draw of each fit): no OOD columns from them
     last = _row(report, "laplace (kron) pooled (1/chain)")
     assert "ood_auroc_entropy_mean" not in last and "ood_task" not in last
+    # independent draws of 3 fits, not chains: no seeds-as-chains R-hat (as evaluate)
+    assert (
+        report["diagnostics"] == []
+        and "MCMC diagnostics" not in (methods["out"] / "report.md").read_text()
+    )
 
 
 def test_glm_rows_against_a_hand_computation(methods: dict[str, Any]) -> None:

@@ -75,8 +75,10 @@ def run_chain_summaries(run: SweepRun, probes: int) -> dict[str, np.ndarray]:
 def group_diagnostics(
     group: Group, probes: int, rhat: float, ess: float, stationarity_z: float = GEWEKE_Z
 ) -> dict[str, Any] | None:
-    """R-hat / ESS across the seeds of a sampler group (None for MAP or a single seed)."""
-    if group.is_map or len(group.runs) < 2:
+    """R-hat / ESS across the seeds of a sampler group (None for MAP, a single seed, or runs
+    of independent draws from a fitted distribution: SWAG, Laplace, BLoB are not chains, as in
+    ``evaluate``'s :func:`~bayesian_lora.evaluation.members.are_chains`)."""
+    if group.is_map or len(group.runs) < 2 or any(r.independent_draws for r in group.runs):
         return None
     chains = [run_chain_summaries(r, probes) for r in group.runs]
     diag = diagnose_chains(chains, rhat, ess, stationarity_z)

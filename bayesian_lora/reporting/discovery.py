@@ -53,6 +53,7 @@ class SweepRun:
     config: dict[str, Any]
     metrics: dict[str, float]
     compute: dict[str, Any] = field(default_factory=dict)  # the manifest's compute block
+    posterior: dict[str, Any] = field(default_factory=dict)  # the manifest's posterior block
 
     @property
     def model(self) -> str:
@@ -80,6 +81,12 @@ class SweepRun:
         structure = self.config["sampler"].get("structure")
         laplace = self.sampler == LAPLACE and structure
         return f"{self.sampler} ({structure})" if laplace else self.sampler
+
+    @property
+    def independent_draws(self) -> bool:
+        """The samples are independent draws from a fitted distribution (SWAG, Laplace, BLoB:
+        a manifest ``posterior`` block), not a Markov chain."""
+        return bool(self.posterior)
 
     @property
     def temperature(self) -> float | None:
@@ -217,10 +224,11 @@ def load_run(path: Path) -> SweepRun:
     )
     metrics = dict(json_load(path / METRICS_FILE).get("ensemble", {}))
     try:
-        compute = dict(RunFolder(path).manifest.get("compute") or {})
+        manifest = RunFolder(path).manifest
     except SampleFileError:
-        compute = {}
-    return SweepRun(path, config, metrics, compute)
+        return SweepRun(path, config, metrics)
+    compute = dict(manifest.get("compute") or {})
+    return SweepRun(path, config, metrics, compute, dict(manifest.get("posterior") or {}))
 
 
 def ood_columns(ood: Mapping[str, Any]) -> dict[str, Any]:
