@@ -302,14 +302,23 @@ def test_temperature_scaled_evaluations_of_the_real_evaluate_become_rows(
             [f"run_dirs=[{copy}/*_map_*]", "calibrate=temperature", "ood=sst2", "plots=false"]
         )
     )
+    dropout = evaluate(
+        compose_eval([f"run_dir={copy / MAP_RUNS[1]}", "mc_dropout=3", "ood=sst2", "plots=false"])
+    )
     out = build_report([copy], out_dir=tmp_path / "out", plots=False)
     methods = [r["method"] for r in out["rows"]]
-    assert methods[:4] == [
+    assert methods[:5] == [
         "map",
         "map + temperature",
+        "map + MC dropout (K=3)",
         "deep_ensemble",
         "deep_ensemble + temperature",
     ]
+    mc = _row(out, "map + MC dropout (K=3)")  # the real evaluate's folder: seed 1 only
+    assert mc["seeds"] == [1] and mc["members"] == 3 and mc["ood_task"] == "sst2"
+    assert mc["nll_mean"] == pytest.approx(dropout["ensemble"]["nll"])
+    assert mc["ood_auroc_mi_mean"] == pytest.approx(dropout["ood"]["mutual_information"]["auroc"])
+    assert mc["eval_seconds"] == dropout["compute"]["eval_seconds"]
     row = _row(out, "map + temperature")
     assert row["n"] == 1 and row["seeds"] == [0]
     assert row["nll_mean"] == pytest.approx(single["calibration"]["ensemble"]["nll"])
