@@ -25,7 +25,7 @@ from bayesian_lora.reporting.bootstrap import (
     replicates,
 )
 from bayesian_lora.reporting.chain_checks import chain_rows, config_verdict, within_chain
-from bayesian_lora.reporting.discovery import SweepRun, group_runs, load_run
+from bayesian_lora.reporting.discovery import EvalFolder, SweepRun, group_runs, load_run
 from tests.helpers import fake_run_folder
 
 N, C = 200, 2
@@ -660,6 +660,27 @@ def test_markdown_names_the_rows_the_passes_and_the_ood_task(methods: dict[str, 
         rows = {r["method"]: r for r in csv.DictReader(fh)}
     assert float(rows["laplace (kron) GLM (mc)"]["backward_passes"]) == 2
     assert rows["map"]["backward_passes"] == ""
+
+
+@pytest.mark.parametrize(
+    ("result", "plain", "variant"),
+    [
+        ({"split": "test", "mc_dropout": 0, "predictive": {"kind": "samples"}}, True, None),
+        ({}, True, None),  # an evaluation written before these keys: the test split, as saved
+        ({"mc_dropout": 10}, False, " + MC dropout (K=10)"),
+        ({"predictive": {"kind": "glm", "link": "mc"}}, False, " GLM (mc)"),
+        ({"predictive": {"kind": "glm", "link": "probit"}}, False, " GLM (probit)"),
+        ({"split": "validation"}, False, None),
+        ({"split": "validation", "mc_dropout": 10}, False, None),
+    ],
+)
+def test_which_evaluations_are_plain_and_which_are_rows_of_their_own(
+    result: dict[str, Any], plain: bool, variant: str | None
+) -> None:
+    """Plain evaluations (the test split, the stored members) give a row its OOD AUROCs and
+    eval seconds; MC dropout and the GLM predictive are rows of their own; validation is none."""
+    e = EvalFolder(Path("/e"), frozenset(), result)
+    assert (e.plain, e.variant) == (plain, variant)
 
 
 def test_laplace_fits_of_several_map_seeds_are_one_configuration() -> None:
