@@ -722,7 +722,14 @@ def test_ood_columns_of_every_row_kind(tmp_path: Path) -> None:
         chain = fake_run_folder(tmp_path / f"{s}_sgld", q, LABELS, sampler="sgld", seed=s)
         chains.append((chain, q))
         _eval_folder(maps[-1] / "evaluation", [maps[-1]], p, ood="rte")
-        _eval_folder(chain / "evaluation", [chain], q, samples_used=[list(range(10))], ood="rte")
+        if s == 0:  # all 10 samples: the chain's own row
+            _eval_folder(
+                chain / "evaluation", [chain], q, samples_used=[list(range(10))], ood="rte"
+            )
+        else:  # evaluate k=2: not the row's members
+            _eval_folder(
+                chain / "evaluation_k2", [chain], q[[4, 9]], samples_used=[[4, 9]], ood="rte"
+            )
         _eval_folder(
             maps[-1] / "evaluation_temperature", [maps[-1]], p, ood="rte", calibrated=(p[0], 1.5)
         )
@@ -745,6 +752,7 @@ def test_ood_columns_of_every_row_kind(tmp_path: Path) -> None:
         "sgld pooled (1/chain)": pytest.approx(0.61),
         "sgld pooled (all/chain)": None,  # its evaluation had no ood=
     }
+    assert _row(report, "sgld")["ood_auroc_entropy_n"] == 1  # seed 1: only k=2 was evaluated
     for row in report["rows"]:
         has_mi = "ood_auroc_mi_mean" in row
         assert has_mi == (
