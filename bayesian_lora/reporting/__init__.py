@@ -7,7 +7,8 @@ One place per concept:
 - :mod:`~bayesian_lora.reporting.bootstrap`: percentile confidence intervals over test examples
   (the same resampled index sets for every row of a task, so rows are paired);
 - :mod:`~bayesian_lora.reporting.rows`: the rows of a task's table (single model over seeds, deep
-  ensemble, pooled chains at equal member counts, temperature scaling) with their compute;
+  ensemble, pooled chains at equal member counts, temperature scaling, MC dropout, the Laplace
+  GLM predictive) with their OOD columns and compute;
 - :mod:`~bayesian_lora.reporting.chain_checks`: MCMC diagnostics, seeds as chains and per chain
   (within-chain stationarity and ESS of the per-step trace);
 - :mod:`~bayesian_lora.reporting.tables`: cells, frames, markdown and CSV.
