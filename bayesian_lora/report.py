@@ -70,6 +70,12 @@ from bayesian_lora.reporting.discovery import (
     unfinished_run_folders,
 )
 from bayesian_lora.reporting.rows import RowContext, table_rows
+from bayesian_lora.reporting.shift import (
+    shift_csv_frame,
+    shift_markdown,
+    shift_report,
+    shift_tables,
+)
 from bayesian_lora.reporting.tables import (
     _cell,
     chains_csv_frame,
@@ -232,6 +238,7 @@ def build_report(
         "num_runs": len(runs),
         "bootstrap": {"resamples": boot.resamples, "seed": boot.seed, "level": boot.level},
         "rows": rows,
+        "shift": shift_report(rows, runs, ctx),  # the "Under shift" tables (reporting/shift.py)
         "chains": chains,
         "chain_verdicts": verdicts,
         "cycles": cycles,
@@ -339,6 +346,8 @@ def write_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.md").write_text(markdown_report(report, rows, diags))
     csv_frame(rows).to_csv(out_dir / "report.csv", index=False)
+    if report["shift"]["rows"]:
+        shift_csv_frame(report["shift"]["rows"]).to_csv(out_dir / "shift.csv", index=False)
     if report["chains"]:
         names = report["trace_summaries"]
         chains_csv_frame(report["chains"], names).to_csv(out_dir / "chains.csv", index=False)
@@ -384,6 +393,7 @@ def markdown_report(
                 f"- **{v['method']}** seed {v['seed']}: {v['verdict']}"
                 for v in cycle_verdicts_by_task[(model, task)]
             ]
+    parts += shift_markdown(report["shift"], boot, best_rows)
     if report["notes"]:
         parts += ["## Notes", *[f"- {n}" for n in report["notes"]]]
     if diags:
@@ -508,6 +518,8 @@ def run_report(cfg: DictConfig) -> int:
     for (model, task), sub in _by_task(report["rows"]).items():
         print(f"{model} on {task}")
         print(markdown_table(sub))
+    for title, table in shift_tables(report["shift"]):
+        print(f"{title}, under shift\n{table}")
     for v in report["chain_verdicts"]:
         print(f"{v['method']} ({v['model']}, {v['task']}) chains: {v['verdict']}")
     for v in report["cycle_verdicts"]:

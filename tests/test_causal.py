@@ -283,6 +283,29 @@ def test_deep_ensemble_with_shift_table(map_runs: list[Path], tmp_path: Path) ->
 
 
 @pytest.mark.slow
+def test_report_under_shift_from_the_real_evaluate(map_runs: list[Path], tmp_path: Path) -> None:
+    """``evaluate shift=[arc_e,arc_c]`` of MAP seed 0 and of the deep ensemble, then the report:
+    its Under-shift rows are the evaluations' numbers, recomputed from the saved predictions."""
+    from bayesian_lora.report import build_report
+
+    common = ["shift=[arc_e,arc_c]", "ood_max_samples=8", "plots=false"]
+    single = run_eval(f"run_dir={map_runs[0]}", *common, f"out_dir={tmp_path / 's0'}")
+    runs = f"run_dirs=[{','.join(str(p) for p in map_runs)}]"
+    pooled = run_eval(runs, *common, f"out_dir={tmp_path / 'de'}")
+    report = build_report([*map_runs, tmp_path], out_dir=tmp_path / "report", plots=False)
+    rows = {(r["method"], r["shift_task"]): r for r in report["shift"]["rows"]}
+    assert set(rows) == {(m, t) for m in ("map", "deep_ensemble") for t in ("arc_e", "arc_c")}
+    for (method, task), row in rows.items():
+        want = (single if method == "map" else pooled)["shift"]["tasks"][task]
+        assert row["n_examples"] == want["n"] == 8
+        for key in ("acc", "nll", "ece", "brier"):
+            assert row[f"{key}_mean"] == pytest.approx(want[key], rel=1e-6, abs=1e-9), key
+        assert row["nll_ci_low"] <= row["nll_mean"] <= row["nll_ci_high"]
+    assert rows[("map", "arc_e")]["seeds"] == [0] and rows[("map", "arc_e")]["acc_n"] == 1
+    assert "### tiny_causal trained on obqa" in (tmp_path / "report" / "report.md").read_text()
+
+
+@pytest.mark.slow
 def test_mc_dropout_and_ood_on_a_causal_lm(map_runs: list[Path], tmp_path: Path) -> None:
     result = run_eval(f"run_dir={map_runs[0]}", "mc_dropout=3", "ood=arc_c", f"out_dir={tmp_path}")
     assert result["num_members"] == 3 and "ood" in result

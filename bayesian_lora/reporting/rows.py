@@ -154,6 +154,7 @@ def _base(group: Group, method: str, kind: str, runs: Sequence[SweepRun]) -> dic
         "task": group.first.task,
         "n": len(runs),
         "seeds": [r.seed for r in runs],
+        "runs": [str(r.path) for r in runs],  # the run folders behind the row (the shift table)
         "sampler": group.first.sampler,
         "sampler_temperature": group.first.temperature,
         "step_size": group.first.step_size,

@@ -1,0 +1,369 @@
+"""The report's "Under shift" tables: the rows of a task's table scored on other tasks' test sets.
+
+``python -m bayesian_lora.evaluate run_dir=<run> shift=[arc_e,arc_c]`` (or ``run_dirs=[...]`` for
+a deep ensemble or pooled chains) scores the same members on each shift task's test split and
+saves a ``shift`` block in ``metrics.json`` (``trained_on``, per-task metrics) and the member
+probabilities per shift task (``shift_<task>_predictions`` / ``shift_<task>_labels`` in
+``predictions.safetensors``). Here every row of a task's results table gets, per shift task,
+the metrics of the evaluation(s) of exactly its runs and members:
+
+- a row over seeds (``kind == "single"``): each seed's own evaluation of all its kept samples,
+  mean ± sd over the seeds that have one (``(n=..)`` when fewer than the row's seeds);
+- an ensemble row (deep ensemble, pooled chains): one evaluation of all of its runs together
+  with the row's member count;
+- a row read from evaluation folders (``from``: MC dropout, GLM predictive): the shift block of
+  those folders;
+- a temperature-scaled row: none (``shift=`` scores the uncalibrated predictive).
+
+The numbers are recomputed from the saved shift predictions (``ensemble_metrics``, the function
+``evaluate`` wrote them with; a note names any folder whose ``metrics.json`` disagrees), with a
+percentile bootstrap CI over the shift task's examples (:mod:`.bootstrap`: the same resamples
+for every row of one shift task, so rows are paired) and the paired difference to the task's
+MAP row (:func:`.rows.paired_deltas`). A row without a shift evaluation gets a note, not a
+number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bayesian_lora.data.tasks import get_task
+from bayesian_lora.evaluation.metrics import ensemble_metrics
+from bayesian_lora.reporting.bootstrap import ci_columns, mean_replicates, replicates
+from bayesian_lora.reporting.discovery import EvalFolder, SweepRun, eval_folders_of
+from bayesian_lora.reporting.rows import RowContext, mean_std, paired_deltas
+from bayesian_lora.reporting.tables import COLUMNS, _cell, _plain, csv_frame, markdown
+
+#: The metrics of a shift row (fractions), as ``evaluate``'s shift table has them.
+SHIFT_METRICS = ("acc", "nll", "ece", "brier")
+#: The markdown table's columns per shift task (the in-domain table's labels and scales).
+SHIFT_COLUMNS = tuple(c for c in COLUMNS if c[1] in ("acc", "nll", "ece"))
+#: What a shift row copies from its in-domain row (what it is and what it cost).
+CARRIED = (
+    "method",
+    "kind",
+    "model",
+    "task",
+    "n",
+    "sampler",
+    "sampler_temperature",
+    "step_size",
+    "members",
+    "train_grad_evals",
+    "train_seconds",
+)
+#: |recomputed - metrics.json| above this (absolute, on fractions and nats) is noted.
+TOLERANCE = 1e-5
+
+HOW_TO_READ = (
+    "The rows of each task's table scored on other tasks' test sets (`python -m "
+    "bayesian_lora.evaluate run_dir=<run> shift=[<task>,...]` for each seed of a row over "
+    "seeds, `'run_dirs=[...]'` of exactly an ensemble row's runs and members for that row). "
+    "Per shift task: accuracy and ECE in percent, NLL in nats per example, `mean ± sd [CI]` "
+    "with the sd over seeds and a {level:.0%} percentile bootstrap CI over that task's examples "
+    "(B = {resamples}, seed {seed}, the same resamples for every row of one shift task), and "
+    "`n` = its examples (`ood_max_samples` subsets them). Recomputed from the saved shift "
+    "predictions; a row without a shift evaluation is named below its table."
+)
+
+
+def shift_tasks_of(e: EvalFolder) -> list[str]:
+    """The shift tasks an evaluation folder scored (its ``metrics.json`` ``shift`` block)."""
+    block = e.result.get("shift")
+    if not isinstance(block, Mapping) or not isinstance(block.get("tasks"), Mapping):
+        return []
+    return [str(t) for t in block["tasks"] if t != block.get("trained_on")]
+
+
+def shift_report(
+    rows: Sequence[Mapping[str, Any]], runs: Sequence[SweepRun], ctx: RowContext
+) -> dict[str, Any]:
+    """``{"sections": [...], "rows": [...]}``: per (model, task) with a shift evaluation, its
+    shift tasks, the rows without one (``missing``) and notes; one row per (row, shift task)."""
+    by_path = {r.path.resolve(): r for r in runs}
+    shifted = [e for e in ctx.evals if shift_tasks_of(e)]
+    out: dict[str, Any] = {"sections": [], "rows": []}
+    if not shifted:
+        return out
+    before = len(ctx.notes)
+    by_task: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for row in rows:
+        by_task.setdefault((str(row["model"]), str(row["task"])), []).append(row)
+    for (model, task), sub in by_task.items():
+        mine = [e for e in shifted if _model_task(e, by_path) == (model, task)]
+        if mine:
+            section, section_rows = _section(model, task, sub, mine, by_path, ctx)
+            out["sections"].append(section)
+            out["rows"] += section_rows
+    if len(ctx.notes) > before:  # unreadable predictions files met here
+        out["notes"] = list(dict.fromkeys(ctx.notes[before:]))
+        del ctx.notes[before:]
+    return out
+
+
+def _model_task(e: EvalFolder, by_path: Mapping[Path, SweepRun]) -> tuple[str, str] | None:
+    run = by_path.get(next(iter(e.runs)))
+    return None if run is None else (run.model, run.task)
+
+
+def _section(
+    model: str,
+    task: str,
+    rows: Sequence[Mapping[str, Any]],
+    shifted: Sequence[EvalFolder],
+    by_path: Mapping[Path, SweepRun],
+    ctx: RowContext,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    tasks = list(dict.fromkeys(t for e in shifted for t in shift_tasks_of(e)))
+    metric = get_task(task).metric
+    labels: dict[str, np.ndarray] = {}  # the first row's labels per shift task: rows are paired
+    deltas = {t: RowContext(ctx.boot) for t in tasks}  # replicates per shift task, for the Δ
+    out: list[dict[str, Any]] = []
+    missing: list[dict[str, str]] = []
+    notes: list[str] = []
+    used: set[Path] = set()
+    for row in rows:
+        units, why = _units(row, ctx, by_path)
+        found = [u for u in units if u]
+        if not found:
+            missing.append({"method": str(row["method"]), "reason": why or _no_eval(row)})
+            continue
+        for t in tasks:
+            picks = [(i, _pick(u, t)) for i, u in enumerate(units)]
+            picks_ = [(i, e) for i, e in picks if e is not None]
+            if not picks_:
+                continue
+            used |= {e.path for _, e in picks_}
+            shift_row = _task_row(row, t, picks_, len(units), metric, ctx, labels, deltas, notes)
+            if shift_row is not None:
+                out.append(shift_row)
+    for t in tasks:
+        paired_deltas([r for r in out if r["shift_task"] == t], deltas[t])
+    notes += [
+        f"{e.path.name}: its shift evaluation is not of exactly one row's runs and members "
+        f"(runs: {', '.join(sorted(p.name for p in e.runs))}; {e.num_members} members)"
+        for e in shifted
+        if e.path not in used
+    ]
+    section = {
+        "model": model,
+        "task": task,
+        "shift_tasks": tasks,
+        "missing": missing,
+        "notes": list(dict.fromkeys(notes)),
+    }
+    return section, out
+
+
+def _units(
+    row: Mapping[str, Any], ctx: RowContext, by_path: Mapping[Path, SweepRun]
+) -> tuple[list[list[EvalFolder]], str | None]:
+    """The row's evaluations with a ``shift`` block: one list of candidates per seed for a row
+    over seeds, one list for an ensemble row; or the reason the row can have none."""
+    if row.get("kind") == "temperature" or "scaling_temperature" in row:
+        return [], (
+            "temperature-scaled: `shift=[...]` scores the uncalibrated predictive (the row "
+            "it scales has the numbers)"
+        )
+    if row.get("from"):  # a row read from evaluation folders: theirs
+        evals = {e.path: e for e in ctx.evals}
+        folders = [evals.get(Path(p).resolve()) for p in row["from"]]
+        return [[e] if e is not None and shift_tasks_of(e) else [] for e in folders], (
+            "its evaluation folder(s) have no shift block"
+        )
+    runs = [by_path.get(Path(p).resolve()) for p in row.get("runs") or []]
+    if not runs or any(r is None for r in runs):
+        return [], "its run folders are not known"
+    known = [r for r in runs if r is not None]
+    if row.get("kind") == "single":
+        return [_shifted(ctx, [r], _num_samples(ctx, r)) for r in known], None
+    return [_shifted(ctx, known, row.get("members"))], None
+
+
+def _num_samples(ctx: RowContext, run: SweepRun) -> int | None:
+    a = ctx.predictions(run.path)
+    return None if a is None else int(a["predictions"].shape[0])
+
+
+def _shifted(ctx: RowContext, runs: Sequence[SweepRun], members: Any) -> list[EvalFolder]:
+    """The plain test evaluations of exactly these runs and members that scored shift tasks."""
+    m = int(members) if isinstance(members, (int, float)) and float(members).is_integer() else None
+    if m is None:
+        return []
+    return [e for e in eval_folders_of(ctx.evals, runs, m) if shift_tasks_of(e)]
+
+
+def _pick(candidates: Sequence[EvalFolder], task: str) -> EvalFolder | None:
+    """Of several evaluations that scored ``task``, the one with the most of its examples."""
+    have = [e for e in candidates if task in shift_tasks_of(e)]
+    if not have:
+        return None
+    return min(have, key=lambda e: (-_n_examples(e, task), e.path.name))
+
+
+def _n_examples(e: EvalFolder, task: str) -> int:
+    return int(e.result["shift"]["tasks"][task].get("n", 0))
+
+
+def _no_eval(row: Mapping[str, Any]) -> str:
+    if row.get("kind") == "single":
+        return (
+            "no evaluation with `shift=[...]` of each seed's run and all its samples "
+            "(`python -m bayesian_lora.evaluate run_dir=<run> shift=[...]` per seed)"
+        )
+    names = ",".join(Path(p).name for p in row.get("runs") or [])
+    return (
+        f"no evaluation with `shift=[...]` of exactly its {row.get('n')} runs and "
+        f"{row.get('members')} members (`python -m bayesian_lora.evaluate "
+        f"'run_dirs=[{names}]' k={row.get('members')} shift=[...]`)"
+    )
+
+
+def _task_row(
+    row: Mapping[str, Any],
+    task: str,
+    picks: Sequence[tuple[int, EvalFolder]],
+    num_units: int,
+    metric: str,
+    ctx: RowContext,
+    labels: dict[str, np.ndarray],
+    deltas: Mapping[str, RowContext],
+    notes: list[str],
+) -> dict[str, Any] | None:
+    """The row on one shift task: each evaluation's metrics recomputed from its saved shift
+    predictions, their mean (± sd over seeds) and the bootstrap CI of that mean."""
+    probs, ys, metrics, seeds, paths = [], [], [], [], []
+    for i, e in picks:
+        a = ctx.predictions(e.path)
+        key = f"shift_{task}_predictions"
+        if a is None or key not in a or f"shift_{task}_labels" not in a:
+            notes.append(f"{e.path.name}: no saved {key} (metrics.json alone gives no CI)")
+            continue
+        preds, y = a[key], a[f"shift_{task}_labels"]
+        m = ensemble_metrics(preds, y, metric)
+        saved = e.result["shift"]["tasks"][task]
+        off = [k for k in SHIFT_METRICS if k in saved and abs(m[k] - float(saved[k])) > TOLERANCE]
+        if off or int(saved.get("n", len(y))) != len(y):
+            notes.append(
+                f"{e.path.name}: {task} recomputed from its predictions differs from its "
+                f"metrics.json in {', '.join(off) or 'n'} (the recomputed numbers are shown)"
+            )
+        probs.append(preds.astype(np.float64).mean(axis=0))
+        ys.append(y)
+        metrics.append(m)
+        seeds.append(row["seeds"][i] if num_units == len(row.get("seeds", [])) else None)
+        paths.append(str(e.path))
+    if not metrics:
+        return None
+    out: dict[str, Any] = {k: row[k] for k in CARRIED if k in row}
+    out["seeds"] = [s for s in seeds if s is not None] if None not in seeds else row["seeds"]
+    out.update(shift_task=task, n_examples=len(ys[0]), evaluations=len(metrics))
+    out["from"] = paths
+    over_seeds = row.get("kind") == "single" or num_units > 1
+    for k in SHIFT_METRICS:
+        values = [float(m[k]) for m in metrics]
+        if over_seeds:
+            out[f"{k}_mean"], out[f"{k}_std"] = mean_std(values)
+            out[f"{k}_n"] = len(values)
+        else:
+            out[f"{k}_mean"] = values[0]
+    if any(y.shape != ys[0].shape or not np.array_equal(y, ys[0]) for y in ys):
+        notes.append(f"{row['method']} on {task}: its seeds' test sets differ: no CI")
+        return out
+    ref = labels.setdefault(task, ys[0])
+    paired = ref.shape == ys[0].shape and bool(np.array_equal(ref, ys[0]))
+    if not paired:
+        notes.append(
+            f"{row['method']} on {task}: its examples differ from the other rows' "
+            f"({len(ys[0])} against {len(ref)}; another ood_max_samples?): its CI is not "
+            "paired with theirs"
+        )
+    idx = ctx.indices(len(ys[0]))
+    reps = mean_replicates([replicates(p, ys[0], idx, metric) for p in probs])
+    out.update(ci_columns({k: v for k, v in reps.items() if k in SHIFT_METRICS}, ctx.boot.level))
+    out["paired"] = paired
+    if paired:
+        deltas[task].replicates[(out["model"], out["task"], out["method"])] = (len(ys[0]), reps)
+    return out
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def shift_frame(rows: Sequence[Mapping[str, Any]], tasks: Sequence[str]) -> pd.DataFrame:
+    """One line per method; per shift task acc, NLL and ECE cells (``mean ± sd [CI]``) and its
+    number of examples."""
+    by = {(r["method"], r["shift_task"]): r for r in rows}
+    records = []
+    for method in dict.fromkeys(r["method"] for r in rows):
+        first = next(r for r in rows if r["method"] == method)
+        rec: dict[str, Any] = {
+            "method": method,
+            "n": first["n"],
+            "members": _plain(first.get("members"), "g"),
+        }
+        for t in tasks:
+            r = by.get((method, t))
+            for name, key, scale in SHIFT_COLUMNS:
+                rec[f"{t} {name}"] = "–" if r is None else _cell(r, key, scale)
+            rec[f"{t} n"] = "–" if r is None else str(r["n_examples"])
+        records.append(rec)
+    return pd.DataFrame.from_records(records)
+
+
+def shift_csv_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """``shift.csv``: the report's CSV columns (:func:`.tables.csv_frame`) per (row, shift task),
+    with ``shift_task`` and ``n_examples`` after the method."""
+    frame = csv_frame(rows)
+    at = list(frame.columns).index("method") + 1
+    frame.insert(at, "shift_task", [r["shift_task"] for r in rows])
+    frame.insert(at + 1, "n_examples", [r["n_examples"] for r in rows])
+    return frame
+
+
+def _sections(
+    shift: Mapping[str, Any],
+) -> list[tuple[Mapping[str, Any], list[Mapping[str, Any]]]]:
+    return [
+        (s, [r for r in shift["rows"] if (r["model"], r["task"]) == (s["model"], s["task"])])
+        for s in shift.get("sections", [])
+    ]
+
+
+def shift_tables(shift: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``(<model> trained on <task>, markdown table)`` of every section with rows."""
+    return [
+        (f"{s['model']} trained on {s['task']}", markdown(shift_frame(rows, s["shift_tasks"])))
+        for s, rows in _sections(shift)
+        if rows
+    ]
+
+
+def shift_markdown(
+    shift: Mapping[str, Any],
+    bootstrap: Mapping[str, Any],
+    best: Callable[[Sequence[Mapping[str, Any]]], list[str]],
+) -> list[str]:
+    """The "Under shift" section of ``report.md`` (nothing without a shift evaluation);
+    ``best`` gives the lowest-NLL / ECE lines of a set of rows (``report.best_rows``)."""
+    if not shift.get("sections"):
+        return []
+    parts = ["## Under shift", HOW_TO_READ.format(**bootstrap)]
+    for s, rows in _sections(shift):
+        parts.append(f"### {s['model']} trained on {s['task']}")
+        if rows:
+            parts.append(markdown(shift_frame(rows, s["shift_tasks"])))
+        for t in s["shift_tasks"]:
+            sub = [r for r in rows if r["shift_task"] == t]
+            parts += [f"- On {t}, lowest{line.removeprefix('- Lowest')}" for line in best(sub)]
+        parts += [
+            f"- No shift evaluation for **{m['method']}**: {m['reason']}" for m in s["missing"]
+        ]
+        parts += [f"- {n}" for n in s["notes"]]
+    parts += [f"- {n}" for n in shift.get("notes", [])]
+    return parts
