@@ -24,6 +24,9 @@ chains), ``report.json`` plus comparison and trace plots. Per model and task:
   over its sampling stage, its own ensemble's test metrics, and how far consecutive cycles'
   predictives and last samples are apart, with one verdict per chain;
 * MCMC diagnostics with the seeds as chains (R-hat, ESS), as before.
+* where ``evaluate ... shift=[...]`` was run: an "Under shift" table per model and trained-on task
+  (:mod:`~bayesian_lora.reporting.shift`; ``shift.csv``): the rows scored on each shift task's
+  test set, with CIs over its examples.
 
 This module is the command and the orchestration; the parts live in ``bayesian_lora.reporting``.
 """

@@ -74,8 +74,8 @@ def predictive(n: int, right: int) -> np.ndarray:
 
 
 def members(p: np.ndarray, m: int) -> np.ndarray:
-    """``m`` members whose mean is ``p``: 0.03 moved between two letters that are neither the
-    label nor the argmax, +, -, 0 in turn."""
+    """``m`` members whose mean is ``p``: 0.03 moved between the label and a letter that is
+    neither the label nor the argmax, +, -, 0 in turn (so a member's NLL is not the mean's)."""
     y = labels_of(len(p))
     rows = np.arange(len(p))
     signs = [(+1, -1, 0)[i % 3] for i in range(m)]
@@ -83,8 +83,8 @@ def members(p: np.ndarray, m: int) -> np.ndarray:
         signs[-1] = 0
     out = np.repeat(p[None], m, axis=0)
     for i, s in enumerate(signs):
-        out[i, rows, (y + 2) % C] += 0.03 * s
-        out[i, rows, (y + 3) % C] -= 0.03 * s
+        out[i, rows, y] += 0.03 * s
+        out[i, rows, (y + 2) % C] -= 0.03 * s
     return out
 
 
@@ -374,3 +374,34 @@ def test_a_metrics_json_that_disagrees_with_its_predictions_is_noted(
     ), section["notes"]
     row = _row(report, "sgld pooled (all/chain)", "arc_c")
     assert row["nll_mean"] == pytest.approx(hand(_frac("pooled_all", "arc_c"))["nll"], rel=1e-5)
+
+
+def test_a_row_read_from_evaluation_folders_takes_their_shift_block(sweep: dict[str, Any]) -> None:
+    """Rows the row machinery reads from evaluation folders (``from``: MC dropout, the GLM
+    predictive) are scored under shift by those folders, over seeds when there are several."""
+    from bayesian_lora.reporting.discovery import find_eval_folders, find_run_folders, load_run
+    from bayesian_lora.reporting.rows import RowContext
+    from bayesian_lora.reporting.shift import shift_report
+
+    root = sweep["root"]
+    runs = [load_run(p) for p in find_run_folders([root])]
+    ctx = RowContext(Bootstrap(B, 0), find_eval_folders([root], runs))
+    maps = sorted(root.glob("*_map_s*"))
+    row = {**_in_domain_row(sweep, "map"), "method": "map + variant", "kind": "variant"}
+    row["from"] = [str(p / "evaluation") for p in maps]
+    out = shift_report([*sweep["report"]["rows"], row], runs, ctx)
+    mine = {r["shift_task"]: r for r in out["rows"] if r["method"] == "map + variant"}
+    for task, r in mine.items():
+        assert r["acc_mean"] == pytest.approx(_row(sweep["report"], "map", task)["acc_mean"])
+        assert r["acc_n"] == 2 and r["seeds"] == [0, 1]
+    row["from"] = [str(root / "1_tiny_obqa_map_s1")]  # a folder without a shift block
+    out = shift_report([*sweep["report"]["rows"], row], runs, ctx)
+    (section,) = out["sections"]
+    assert {
+        "method": "map + variant",
+        "reason": "its evaluation folder(s) have no shift block",
+    } in (section["missing"])
+
+
+def _in_domain_row(sweep: dict[str, Any], method: str) -> dict[str, Any]:
+    return dict(next(r for r in sweep["report"]["rows"] if r["method"] == method))

@@ -11,5 +11,7 @@ One place per concept:
   GLM predictive) with their OOD columns and compute;
 - :mod:`~bayesian_lora.reporting.chain_checks`: MCMC diagnostics, seeds as chains and per chain
   (within-chain stationarity and ESS of the per-step trace);
+- :mod:`~bayesian_lora.reporting.shift`: the "Under shift" tables (the rows scored on the shift
+  tasks of ``evaluate ... shift=[...]``, from the saved shift predictions);
 - :mod:`~bayesian_lora.reporting.tables`: cells, frames, markdown and CSV.
 """
