@@ -180,6 +180,14 @@ def time_block(step: Callable[[], None], n: int, device: torch.device) -> float:
     return (time.perf_counter() - start) / n
 
 
+def paired_ratios(times: list[float], adamw: list[float]) -> str:
+    """Median, min and max over rounds of this step's block time / AdamW's block time in the
+    same round: the blocks of one round run back to back, so a load change between rounds
+    cancels in the ratio (the spread shows how far apart two equal steps can come out)."""
+    ratios = [t / a for t, a in zip(times, adamw, strict=True)]
+    return f"{statistics.median(ratios):.3f} [{min(ratios):.3f}, {max(ratios):.3f}]"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--model", default="minilm", help="a bayesian_lora/conf/model/*.yaml name")
@@ -258,11 +266,18 @@ def main() -> None:
         f"\nmodel={args.model} batch={args.batch_size} length={args.length} device={device} "
         f"precision={args.precision} sampled params={sum(p.numel() for p in params):,}\n"
     )
-    print("| step | median s/step | ratio to AdamW | target |")
-    print("|---|---|---|---|")
+    print(
+        "| step | median s/step | ratio to AdamW | paired ratio: median [min, max] over "
+        f"{args.repeats} rounds | target |"
+    )
+    print("|---|---|---|---|---|")
     if causal:
-        peft = statistics.median(times.pop("peft_adamw"))
-        print(f"| plain PEFT causal LM + AdamW (LM loss) | {peft:.4f} | {peft / base:.3f} | |")
+        peft_times = times.pop("peft_adamw")
+        peft = statistics.median(peft_times)
+        print(
+            f"| plain PEFT causal LM + AdamW (LM loss) | {peft:.4f} | {peft / base:.3f} | "
+            f"{paired_ratios(peft_times, times['adamw'])} | |"
+        )
     for name, ts in times.items():
         if name == "adamw":
             target = "1.00"
@@ -272,7 +287,8 @@ def main() -> None:
             target = "<= 1.30" if name.startswith("blob") else "<= 1.05"
         med = statistics.median(ts)
         vs_peft = f" ({med / peft:.3f} of plain PEFT)" if causal else ""
-        print(f"| {name} | {med:.4f} | {med / base:.3f}{vs_peft} | {target} |")
+        paired = paired_ratios(ts, times["adamw"])
+        print(f"| {name} | {med:.4f} | {med / base:.3f}{vs_peft} | {paired} | {target} |")
     print(f"| sample copy (per kept sample) | {copy_time:.6f} | {copy_time / base:.5f} | < 0.01 |")
     if args.laplace_batches > 0 and not causal:
         n = args.laplace_batches
