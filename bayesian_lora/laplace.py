@@ -29,6 +29,7 @@ from torch import Tensor
 
 from bayesian_lora.config import CONFIG_DIR, build_datamodule
 from bayesian_lora.config_validation import ConfigError, validate_laplace_config
+from bayesian_lora.entry import run_or_refuse
 from bayesian_lora.errors import MissingInputError
 from bayesian_lora.evaluation.ensemble import cache_batches, labels_of, predict_samples, swap_in
 from bayesian_lora.evaluation.metrics import ensemble_metrics
@@ -451,7 +452,7 @@ def _fmt(value: float | None) -> str:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="laplace")
 def main(cfg: DictConfig) -> None:
-    fit_laplace(cfg)
+    run_or_refuse(lambda c, _overrides: fit_laplace(c), cfg)
 
 
 if __name__ == "__main__":

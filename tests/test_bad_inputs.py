@@ -595,6 +595,8 @@ CLI = [
     ("train", ["model=tiny", f"paths.data_dir={MISSING}"], "paths.data_dir="),
     ("evaluate", ["run_dir=/nonexistent/run", "k=0"], "k=0"),
     ("evaluate", ["run_dir=/nonexistent/run"], "/nonexistent/run does not exist"),
+    ("laplace", ["run_dir=/nonexistent/run", "structure=full"], "structure='full'"),
+    ("laplace", ["run_dir=/nonexistent/run"], "/nonexistent/run does not exist"),
 ]
 
 
