@@ -20,7 +20,11 @@ and diagonal, ``--laplace-batches`` batches, plus the marginal-likelihood search
 precision) relative to as many AdamW steps, i.e. the fit time relative to one training epoch
 (a fit is one pass over the training set).
 Optimizers are timed round-robin (one block of steps each, repeated) so that drifting machine
-load hits all of them alike; the table reports the median block.
+load hits all of them alike; the table reports the median block and, per step, the median and
+range over rounds of its block time / AdamW's block time in the same round. A second table times
+the update alone (each optimizer stepping on one stored gradient, SWAG with its collection): the
+forward and backward pass is the same for all of them, so a step that differs from AdamW's only in
+its update costs (t_AdamW - u_AdamW + u) / t_AdamW, a ratio that machine load hardly moves.
 """
 
 from __future__ import annotations
@@ -180,6 +184,47 @@ def time_block(step: Callable[[], None], n: int, device: torch.device) -> float:
     return (time.perf_counter() - start) / n
 
 
+def update_only_seconds(
+    opts: dict[str, torch.optim.Optimizer],
+    params: list[torch.Tensor],
+    named: dict[str, torch.Tensor],
+    closure: Callable[[], torch.Tensor],
+    device: torch.device,
+    steps: int = 20,
+    repeats: int = 7,
+) -> dict[str, float]:
+    """The update alone (no forward or backward): each optimizer steps on one stored gradient of
+    the real loss, so what differs between two training steps is timed without the shared
+    forward/backward and its load noise. SWAG's row adds its collection (at every step)."""
+    closure()
+    grads = [p.grad.detach().clone() for p in params if p.grad is not None]
+
+    def stored() -> torch.Tensor:
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g
+        return torch.zeros((), device=device)
+
+    moments = SWAGMoments(rank=20)
+
+    def swag() -> None:
+        opts["sgd"].step(stored)
+        moments.collect(named)
+
+    updates: dict[str, Callable[[], object]] = {  # SAM steps take a second gradient: not here
+        name: (lambda o=opt: o.step(stored))
+        for name, opt in opts.items()
+        if not name.startswith("sam")
+    }
+    updates["swag (collect every step)"] = swag
+    for update in updates.values():
+        update()
+    times: dict[str, list[float]] = {name: [] for name in updates}
+    for _ in range(repeats):
+        for name, update in updates.items():
+            times[name].append(time_block(update, steps, device))
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
 def paired_ratios(times: list[float], adamw: list[float]) -> str:
     """Median, min and max over rounds of this step's block time / AdamW's block time in the
     same round: the blocks of one round run back to back, so a load change between rounds
@@ -290,6 +335,14 @@ def main() -> None:
         paired = paired_ratios(ts, times["adamw"])
         print(f"| {name} | {med:.4f} | {med / base:.3f}{vs_peft} | {paired} | {target} |")
     print(f"| sample copy (per kept sample) | {copy_time:.6f} | {copy_time / base:.5f} | < 0.01 |")
+    updates = update_only_seconds(opts, params, named, closure, device)
+    print(
+        "\n| update alone (stored gradient, no forward/backward) | ms | AdamW step with this "
+        "update instead of AdamW's: (t_AdamW - u_AdamW + u) / t_AdamW |"
+    )
+    print("|---|---|---|")
+    for name, u in updates.items():
+        print(f"| {name} | {1000 * u:.3f} | {(base - updates['adamw'] + u) / base:.4f} |")
     if args.laplace_batches > 0 and not causal:
         n = args.laplace_batches
         print(f"\n| Laplace fit ({n} batches + marglik prior) | s | relative to one epoch |")
