@@ -6,7 +6,7 @@ Test modules import from here (and ``tests/wandb_offline.py``), never from each 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import pytest
@@ -17,6 +17,10 @@ from omegaconf import DictConfig
 
 from bayesian_lora.config import CONFIG_DIR
 
+if TYPE_CHECKING:
+    import torch
+
+    from bayesian_lora.models.lora import ModelSettings
 #: A short chain: 3 warm-up steps, 2 burn-in steps, 3 samples kept 2 steps apart.
 CHAIN = ["sampler.warmup.steps=3", "sampler.burn_in=2", "sampler.thin=2", "sampler.num_samples=3"]
 
@@ -43,6 +47,44 @@ def compose_train(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
 
 def compose_eval(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     return compose_config("evaluate", overrides)
+
+
+def model_settings(name: str, **overrides: Any) -> ModelSettings:
+    """``conf/model/<name>.yaml`` as :class:`ModelSettings`, top-level keys replaced by ``overrides``."""
+    from omegaconf import OmegaConf
+
+    from bayesian_lora.models.lora import ModelSettings
+
+    cfg = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "model" / f"{name}.yaml"))
+    assert isinstance(cfg, dict)
+    return ModelSettings.from_config({**cfg, **overrides})
+
+
+def mcqa_rows(n: int = 3) -> list[dict[str, Any]]:
+    """ARC-style MCQA rows of different lengths showing 3, 4, 5, 3, ... letters (so left padding
+    and masked letters are exercised); the answer is B."""
+    from bayesian_lora.data.mcqa import LETTERS, format_row
+
+    rows = []
+    for i in range(n):
+        k = 3 + i % 3
+        choices = {"text": [f"option {j} " * (i + 1) for j in range(k)], "label": list(LETTERS[:k])}
+        rows.append(
+            format_row("arc", {"question": "Why?" * (i + 1), "choices": choices, "answerKey": "B"})
+        )
+    return rows
+
+
+def mcqa_batch(tokenizer: Any, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """``rows`` of :func:`mcqa_rows` as one padded batch (with ``choice_mask`` and ``labels``)."""
+    import torch
+
+    from bayesian_lora.data.mcqa import CHOICE_MASK
+
+    batch = dict(tokenizer([r["prompt"] for r in rows], padding=True, return_tensors="pt"))
+    batch[CHOICE_MASK] = torch.tensor([r[CHOICE_MASK] for r in rows])
+    batch["labels"] = torch.tensor([r["label"] for r in rows])
+    return batch
 
 
 def smoke_overrides(data_dir: Path, out: Path, *extra: str) -> list[str]:

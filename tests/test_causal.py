@@ -11,19 +11,17 @@ from typing import Any
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
-from bayesian_lora.config import CONFIG_DIR
-from bayesian_lora.data.mcqa import CHOICE_MASK, LETTERS, format_row
+from bayesian_lora.data.mcqa import CHOICE_MASK, LETTERS
 from bayesian_lora.data.tasks import get_task
+from bayesian_lora.evaluation.write import load_predictions
 from bayesian_lora.models.causal import (
     AnswerLetterLM,
     letter_token_ids,
     packaged_smollm2,
 )
 from bayesian_lora.models.lora import (
-    ModelSettings,
     build_lora_model,
     build_tokenizer,
     sampled_parameters,
@@ -31,32 +29,14 @@ from bayesian_lora.models.lora import (
 from bayesian_lora.models.module import BayesianLoRAModule
 from bayesian_lora.runs import load_samples
 from bayesian_lora.train import train
-from tests.helpers import CHAIN, compose_train, run_eval
-
-
-def model_settings(name: str, **overrides: Any) -> ModelSettings:
-    cfg = OmegaConf.load(CONFIG_DIR / "model" / f"{name}.yaml")
-    return ModelSettings.from_config({**OmegaConf.to_container(cfg), **overrides})
-
-
-def prompts(n: int = 3) -> list[dict[str, Any]]:
-    """ARC-style rows of different lengths and choice counts (so padding is exercised)."""
-    rows = []
-    for i in range(n):
-        k = 3 + i % 3
-        choices = {"text": [f"option {j} " * (i + 1) for j in range(k)], "label": list(LETTERS[:k])}
-        rows.append(
-            format_row("arc", {"question": "Why?" * (i + 1), "choices": choices, "answerKey": "B"})
-        )
-    return rows
-
-
-def encode(tokenizer: Any, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    batch = dict(tokenizer([r["prompt"] for r in rows], padding=True, return_tensors="pt"))
-    batch[CHOICE_MASK] = torch.tensor([r[CHOICE_MASK] for r in rows])
-    batch["labels"] = torch.tensor([r["label"] for r in rows])
-    return batch
-
+from tests.helpers import (
+    CHAIN,
+    compose_train,
+    mcqa_batch,
+    mcqa_rows,
+    model_settings,
+    run_eval,
+)
 
 # ---------------------------------------------------------------- read-out against known logits
 
@@ -130,7 +110,7 @@ def test_only_the_last_position_reaches_the_lm_head(tiny: tuple[Any, Any]) -> No
     head = model.get_base_model().lm.lm_head
     handle = head.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape)))
     try:
-        batch = encode(tokenizer, prompts())
+        batch = mcqa_batch(tokenizer, mcqa_rows())
         logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
     finally:
         handle.remove()
@@ -145,13 +125,17 @@ def test_a_prompt_scores_the_same_alone_and_left_padded() -> None:
     settings = model_settings("tiny_causal")
     settings.tiny = {**settings.tiny, "initializer_range": 0.5}
     model, tokenizer = build_lora_model(settings, 5).eval(), build_tokenizer(settings)
-    rows = prompts()
+    rows = mcqa_rows()
     for row in rows:
         row[CHOICE_MASK] = [1] * 5  # compare all five letters
-    together = model(**{k: v for k, v in encode(tokenizer, rows).items() if k != "labels"}).logits
+    together = model(
+        **{k: v for k, v in mcqa_batch(tokenizer, rows).items() if k != "labels"}
+    ).logits
     assert (together[0] - together[1]).abs().max() > 0.1  # the context matters
     for i, row in enumerate(rows):
-        alone = model(**{k: v for k, v in encode(tokenizer, [row]).items() if k != "labels"}).logits
+        alone = model(
+            **{k: v for k, v in mcqa_batch(tokenizer, [row]).items() if k != "labels"}
+        ).logits
         assert torch.allclose(alone[0], together[i], atol=1e-4), i
 
 
@@ -204,7 +188,7 @@ def test_packaged_smollm2_loads_and_scores_an_mcqa_batch() -> None:
     assert sum(p.numel() for p in sampled_parameters(model).values()) == 460_800
     ids = letter_token_ids(tokenizer, LETTERS)
     assert [tokenizer.decode([i]) for i in ids] == [f" {x}" for x in LETTERS]
-    batch = encode(tokenizer, prompts(2))
+    batch = mcqa_batch(tokenizer, mcqa_rows(2))
     with torch.inference_mode():
         probs = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.softmax(-1)
     assert probs.shape == (2, 5) and torch.allclose(probs.sum(-1), torch.ones(2))
@@ -276,9 +260,7 @@ def test_deep_ensemble_with_shift_table(map_runs: list[Path], tmp_path: Path) ->
     assert table["tasks"]["obqa"]["acc"] == result["ensemble"]["acc"]
     for row in table["tasks"].values():
         assert {"acc", "nll", "ece", "brier", "n"} <= set(row)
-    from safetensors.numpy import load_file
-
-    saved = load_file(str(tmp_path / "predictions.safetensors"))
+    saved = load_predictions(tmp_path / "predictions.safetensors")
     assert saved["shift_arc_e_predictions"].shape == (2, 16, 5)
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from transformers import (
     BertConfig,
     BertForSequenceClassification,
@@ -18,16 +17,15 @@ from transformers import (
     RobertaForSequenceClassification,
 )
 
-from bayesian_lora.config import CONFIG_DIR
 from bayesian_lora.models import lora
 from bayesian_lora.models.lora import (
-    ModelSettings,
     build_lora_model,
     build_tokenizer,
     parameter_counts,
     resolve_model_path,
     sampled_parameters,
 )
+from tests.helpers import model_settings
 
 SMALL = dict(vocab_size=100, max_position_embeddings=64)
 TINY_ARCH = {
@@ -56,10 +54,6 @@ TINY_ARCH = {
         DistilBertConfig(dim=16, n_layers=2, n_heads=2, hidden_dim=32, num_labels=n, **SMALL)
     ),
 }
-
-
-def model_settings(name: str) -> ModelSettings:
-    return ModelSettings.from_config(OmegaConf.load(CONFIG_DIR / "model" / f"{name}.yaml"))
 
 
 def check_sampled(model: torch.nn.Module, head_names: tuple[str, ...]) -> None:
