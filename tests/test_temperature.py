@@ -46,6 +46,22 @@ def test_fit_is_the_nll_minimiser_and_keeps_the_argmax() -> None:
     np.testing.assert_allclose(tempered(probs, 1.0), probs, rtol=1e-9)
 
 
+def test_a_class_of_probability_zero_stays_at_zero() -> None:
+    """An MCQA letter a row does not show has probability exactly 0, and 0^(1/T) = 0: tempering
+    keeps it at 0 (a floor would lift it to EPS^(1/T)) and changes neither the other classes nor
+    the fitted T."""
+    expected = np.sqrt([0.6, 0.4, 0.0])  # softmax(log p / 2) = sqrt(p) / sum sqrt(p)
+    got = tempered(np.array([[0.6, 0.4, 0.0]]), 2.0)[0]
+    np.testing.assert_allclose(got, expected / expected.sum(), rtol=1e-12, atol=0)
+    probs, labels = tempered_model(2.0, 2000, 3, seed=0)
+    masked = np.concatenate([probs, np.zeros((len(probs), 2))], axis=1)  # letters D, E not shown
+    scaler = TemperatureScaling().fit(masked, labels)
+    assert scaler.temperature == pytest.approx(TemperatureScaling().fit(probs, labels).temperature)
+    out = scaler.transform(masked)
+    assert np.all(out[:, 3:] == 0)
+    np.testing.assert_allclose(out[:, :3], scaler.transform(probs), rtol=1e-6)
+
+
 def test_unknown_calibrator_lists_the_choices() -> None:
     with pytest.raises(ConfigError, match="calibrate='platt'.*temperature"):
         get_calibrator("platt")
