@@ -5,17 +5,22 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from bayesian_lora.data.mcqa import CHOICE_MASK, LETTERS
 from bayesian_lora.data.tasks import get_task
+from bayesian_lora.evaluation.predict import build_eval_batches
 from bayesian_lora.evaluation.write import load_predictions
+from bayesian_lora.laplace import fit_laplace
 from bayesian_lora.models.causal import (
     AnswerLetterLM,
     letter_token_ids,
@@ -27,10 +32,12 @@ from bayesian_lora.models.lora import (
     sampled_parameters,
 )
 from bayesian_lora.models.module import BayesianLoRAModule
-from bayesian_lora.runs import load_samples
+from bayesian_lora.reporting.discovery import is_run_folder
+from bayesian_lora.runs import load_samples, open_run
 from bayesian_lora.train import train
 from tests.helpers import (
     CHAIN,
+    compose_config,
     compose_train,
     mcqa_batch,
     mcqa_rows,
@@ -292,6 +299,114 @@ def test_mc_dropout_and_ood_on_a_causal_lm(map_runs: list[Path], tmp_path: Path)
     result = run_eval(f"run_dir={map_runs[0]}", "mc_dropout=3", "ood=arc_c", f"out_dir={tmp_path}")
     assert result["num_members"] == 3 and "ood" in result
     assert result["ensemble"]["mutual_information"] > 0  # LoRA dropout makes the passes differ
+
+
+def assert_masked_letters_are_zero(probs: np.ndarray, run: Path) -> None:
+    """Probabilities ``[..., N, 5]`` of the test rows of ``run``'s task (as evaluate batches
+    them): exactly 0 on the letters a row does not show, positive on the others, rows summing to
+    1 (a NaN fails every comparison)."""
+    _, batches = build_eval_batches(open_run(run).config, torch.device("cpu"))
+    shown = torch.cat([b[CHOICE_MASK] for b in batches]).numpy().astype(bool)
+    assert probs.shape[-2:] == shown.shape and not shown.all()  # some letters are masked
+    assert np.all(probs[..., ~shown] == 0) and np.all(probs[..., shown] > 0)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("sampler", "extra"),
+    [
+        ("swag", ["sampler.swag.rank=2", "sampler.swag.num_draws=4"]),
+        ("blob", ["sampler.blob.num_draws=4"]),
+    ],
+)
+def test_swag_and_blob_on_a_causal_lm(
+    sampler: str,
+    extra: list[str],
+    tiny: tuple[Any, Any],
+    synthetic_data_dir: Path,
+    tmp_path: Path,
+) -> None:
+    """A finished run whose sample stack is 4 float32 draws of exactly the LoRA A/B tensors (no
+    head), scored by evaluate with the masked letters at probability exactly 0."""
+    run = tmp_path / sampler
+    overrides = causal_overrides(synthetic_data_dir, run, f"sampler={sampler}", *CHAIN, *extra)
+    train(compose_train(overrides))
+    samples, manifest = load_samples(run)
+    assert manifest["status"] == "complete" and manifest["num_samples"] == 4
+    assert manifest["posterior"]["method"] == sampler and is_run_folder(run)
+    lora = sampled_parameters(tiny[0])
+    assert set(samples) == set(lora)
+    for name, stack in samples.items():
+        assert stack.dtype == torch.float32 and stack.shape == (4, *lora[name].shape), name
+        assert torch.isfinite(stack).all(), name
+        if sampler == "blob" and ".lora_B." in name:  # B: one point estimate in every row
+            assert torch.equal(stack, stack[:1].expand_as(stack)), name
+        else:  # SWAG draws everything, BLoB draws A
+            assert not torch.equal(stack[0], stack[1]), name
+    fit_end = load_predictions(run / "predictions.safetensors")["predictions"]
+    assert_masked_letters_are_zero(fit_end, run)
+    result = run_eval(f"run_dir={run}", "plots=false", f"out_dir={tmp_path / 'eval'}")
+    assert result["num_members"] == 4 and result["runs"][0]["sampler"] == sampler
+    saved = load_predictions(tmp_path / "eval" / "predictions.safetensors")["predictions"]
+    assert saved.shape[0] == 4
+    assert_masked_letters_are_zero(saved, run)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("structure", ["kron", "diag"])
+def test_laplace_and_its_glm_predictive_on_a_causal_lm(
+    structure: str, map_runs: list[Path], tiny: tuple[Any, Any], tmp_path: Path
+) -> None:
+    """Laplace around the causal MAP: the curvature covers exactly the LoRA A/B tensors of
+    q_proj and v_proj, the run folder is finished (fit-end test metrics), and the GLM predictive
+    (mc and probit) keeps the masked letters at probability exactly 0."""
+    out = tmp_path / "laplace"
+    options = [f"run_dir={map_runs[0]}", f"structure={structure}", "num_samples=3"]
+    info = fit_laplace(compose_config("laplace", [*options, f"out_dir={out}"]))
+    lora = sampled_parameters(tiny[0])
+    assert {n.split(".")[-4] for n in lora} == {"q_proj", "v_proj"} and len(lora) == 8
+    stats = load_file(str(out / "laplace.safetensors"))
+    kinds = ["theta", *({"diag": ["diag"], "kron": ["A", "G"]}[structure])]
+    assert set(stats) == {f"{kind}/{name}" for kind in kinds for name in lora}
+    for key, t in stats.items():
+        assert torch.isfinite(t).all() and t.abs().sum() > 0, key
+    assert info["num_params"] == sum(p.numel() for p in lora.values())
+    assert math.isfinite(info["log_marglik"]) and info["prior_precision"] > 0
+    assert is_run_folder(out) and load_samples(out)[1]["num_samples"] == 3
+    fit_end = load_predictions(out / "predictions.safetensors")["predictions"]
+    assert_masked_letters_are_zero(fit_end, out)
+    for link, members in (("mc", 16), ("probit", 1)):
+        where = tmp_path / f"glm_{link}"
+        glm = run_eval(
+            f"run_dir={out}",
+            "predictive=glm",
+            f"glm_link={link}",
+            f"glm_samples={members}",
+            "plots=false",
+            f"out_dir={where}",
+        )
+        assert glm["predictive"]["passes_per_example"] == {"forward": 1, "backward": 5}
+        assert glm["num_members"] == members and math.isfinite(glm["ensemble"]["nll"])
+        preds = load_predictions(where / "predictions.safetensors")["predictions"]
+        assert preds.shape[0] == members
+        assert_masked_letters_are_zero(preds, out)
+
+
+@pytest.mark.slow
+def test_temperature_scaling_on_a_causal_lm(map_runs: list[Path], tmp_path: Path) -> None:
+    """T fitted on validation; the calibrated test predictive keeps the masked letters at
+    exactly 0 (and differs from the uncalibrated one: T was applied)."""
+    result = run_eval(
+        f"run_dir={map_runs[0]}", "calibrate=temperature", "plots=false", f"out_dir={tmp_path}"
+    )
+    cal = result["calibration"]
+    assert cal["method"] == "temperature" and cal["temperature"] > 0 and cal["num_validation"] > 0
+    assert cal["validation_nll_after"] <= cal["validation_nll_before"] + 1e-9
+    assert cal["ensemble"]["acc"] == pytest.approx(result["ensemble"]["acc"])
+    saved = load_predictions(tmp_path / "predictions.safetensors")
+    assert_masked_letters_are_zero(saved["calibrated_predictions"], map_runs[0])
+    assert not np.array_equal(saved["calibrated_predictions"], saved["predictions"].mean(0))
 
 
 @pytest.mark.slow
