@@ -30,7 +30,14 @@ from bayesian_lora.models.module import gaussian_nll
 from bayesian_lora.report import build_report
 from bayesian_lora.reporting.discovery import is_run_folder
 from bayesian_lora.runs import load_samples
-from tests.helpers import compose_config, run_eval, train_run
+from tests.helpers import (
+    compose_config,
+    mcqa_batch,
+    mcqa_rows,
+    model_settings,
+    run_eval,
+    train_run,
+)
 
 SIGMA = 0.5
 
@@ -295,24 +302,31 @@ def test_bad_laplace_options_are_refused_before_loading(tmp_path: Path) -> None:
             fit_laplace(compose_config("laplace", [f"run_dir={tmp_path}", override]))
 
 
-def tiny_lora_model_and_batches() -> tuple[Any, dict[str, nn.Parameter], list[dict[str, Tensor]]]:
-    """The tiny LoRA model (eval mode, every trained tensor moved off its init) and two padded
-    batches of 3 MRPC-shaped examples."""
-    from omegaconf import OmegaConf
-
-    from bayesian_lora.config import CONFIG_DIR
+def tiny_lora_model_and_batches(
+    name: str = "tiny",
+) -> tuple[Any, dict[str, nn.Parameter], list[dict[str, Tensor]]]:
+    """A tiny LoRA model (eval mode, every trained tensor moved off its init) and two padded
+    batches of 3 examples: ``tiny``, MRPC-shaped rows padded on the right (LoRA + head);
+    ``tiny_causal``, left-padded MCQA prompts showing 3-5 letters, the others masked to -inf
+    (LoRA on q_proj, v_proj; no head)."""
     from bayesian_lora.data.tasks import get_task
-    from bayesian_lora.models.lora import ModelSettings, build_lora_model
+    from bayesian_lora.models.lora import build_lora_model, build_tokenizer
     from bayesian_lora.models.module import BayesianLoRAModule
 
     torch.manual_seed(0)
-    settings = ModelSettings.from_config(OmegaConf.load(CONFIG_DIR / "model" / "tiny.yaml"))
-    task = get_task("mrpc")
-    module = BayesianLoRAModule(build_lora_model(settings, 2), task=task, num_data=6).eval()
+    settings = model_settings(name)
+    task = get_task("obqa" if name == "tiny_causal" else "mrpc")
+    model = build_lora_model(settings, task.num_labels)
+    module = BayesianLoRAModule(model, task=task, num_data=6).eval()
     params = module.sampled_parameters()
     with torch.no_grad():  # LoRA B starts at zero; move off it so every block has curvature
         for p in params.values():
             p.add_(0.3 * torch.randn_like(p))
+    if name == "tiny_causal":
+        rows = mcqa_rows(6)
+        rows[1]["label"] = 3  # labels B and D (the rows show 3, 4, 5, 3, 4, 5 letters)
+        tokenizer = build_tokenizer(settings)
+        return module, params, [mcqa_batch(tokenizer, rows[i : i + 3]) for i in (0, 3)]
     g = torch.Generator().manual_seed(0)
     batches = []
     for _ in range(2):
@@ -326,12 +340,15 @@ def tiny_lora_model_and_batches() -> tuple[Any, dict[str, nn.Parameter], list[di
     return module, params, batches
 
 
-def test_hooked_ggn_diagonal_equals_brute_force_on_the_tiny_lora_model() -> None:
-    """Per-example Jacobians by autograd, one example and one class column at a time, with
-    padded sequences: the exact GGN diagonal the hooks must reproduce (LoRA A, B and the head)."""
-    from bayesian_lora.methods.laplace import ggn_factors
-
-    module, params, batches = tiny_lora_model_and_batches()
+@pytest.mark.parametrize("name", ["tiny", "tiny_causal"])
+def test_hooked_ggn_diagonal_equals_brute_force_on_the_tiny_lora_model(name: str) -> None:
+    """The known answer, from per-example autograd with padded sequences: for a softmax the GGN
+    is the Fisher under the model's own predictive, H = sum_i sum_y p_iy g_iy g_iy^T with g_iy
+    the gradient of -log p(y | x_i), so its diagonal is sum_i sum_y p_iy g_iy^2 (y over the
+    classes, or over the letters a row shows: the others have p = 0). The hooks must reproduce
+    it for every sampled tensor (LoRA A, B and the head; the causal LM's LoRA on q_proj, v_proj
+    read out at the answer letters), and KFAC's factors must be finite."""
+    module, params, batches = tiny_lora_model_and_batches(name)
     curv = fit_curvature(
         module, module.model, params, batches, module.per_example_nll, "classification", "diag"
     )
@@ -340,13 +357,12 @@ def test_hooked_ggn_diagonal_equals_brute_force_on_the_tiny_lora_model() -> None
         for i in range(3):
             one = {k: v[i : i + 1] for k, v in batch.items()}
             out = module(one)
-            s = ggn_factors(out, one["labels"], "classification", 1.0)[0]
-            for c in range(s.shape[1]):
-                grads = torch.autograd.grad(
-                    (out[0] * s[:, c].float()).sum(), list(params.values()), retain_graph=True
-                )
+            p = out.detach().double().softmax(-1)[0]
+            for y in torch.isfinite(out[0]).nonzero()[:, 0]:  # the classes a row shows
+                nll = module.per_example_nll(out, y.view(1)).sum()
+                grads = torch.autograd.grad(nll, list(params.values()), retain_graph=True)
                 for n, gr in zip(params, grads, strict=True):
-                    expected[n] += gr.double() ** 2
+                    expected[n] += p[y] * gr.double() ** 2
     got = {}
     for b in curv.blocks:
         got[b.weight] = b.diag_w
@@ -354,7 +370,14 @@ def test_hooked_ggn_diagonal_equals_brute_force_on_the_tiny_lora_model() -> None
             got[b.bias] = b.diag_b
     assert set(got) == set(expected)
     for n in expected:
+        assert expected[n].abs().max() > 0, n  # every tensor has curvature to compare
         torch.testing.assert_close(got[n], expected[n], rtol=1e-4, atol=1e-9)
+    kron = fit_curvature(
+        module, module.model, params, batches, module.per_example_nll, "classification", "kron"
+    )
+    for b in kron.blocks:
+        assert b.A is not None and b.G is not None and b.G.abs().max() > 0
+        assert torch.isfinite(b.A).all() and torch.isfinite(b.G).all(), b.weight
 
 
 def test_laplace_compute_block_adds_to_its_map_warm_start() -> None:
@@ -581,11 +604,16 @@ def test_glm_on_a_map_run_is_refused_in_one_line_before_torch_loads(tmp_path: Pa
     assert "Traceback" not in cli.stderr
 
 
+@pytest.mark.parametrize("name", ["tiny", "tiny_causal"])
 @pytest.mark.parametrize("structure", ["diag", "kron"])
-def test_glm_covariance_equals_brute_force_on_the_tiny_lora_model(structure: str) -> None:
-    """The real model path (LoRA A and B in attention, the head, padded batches): the hooked
-    J Sigma J^T equals autograd.functional.jacobian's J times the dense Sigma times J^T."""
-    module, params, batches = tiny_lora_model_and_batches()
+def test_glm_covariance_equals_brute_force_on_the_tiny_lora_model(
+    structure: str, name: str
+) -> None:
+    """The real model path (LoRA A and B in attention, the head, padded batches; the causal LM
+    read out at its answer letters, left-padded, letters masked): the hooked J Sigma J^T equals
+    autograd.functional.jacobian's J times the dense Sigma times J^T; a masked letter has f* =
+    -inf, no variance, and probability exactly 0 under the probit."""
+    module, params, batches = tiny_lora_model_and_batches(name)
     curv = fit_curvature(
         module, module.model, params, batches, module.per_example_nll, "classification", structure
     )  # type: ignore[arg-type]
@@ -609,6 +637,14 @@ def test_glm_covariance_equals_brute_force_on_the_tiny_lora_model(structure: str
     assert sigma.shape[0] == sum(p.numel() for p in params.values())
     torch.testing.assert_close(cov, torch.stack(expected), rtol=1e-4, atol=1e-8)
     torch.testing.assert_close(f, torch.cat([module(b) for b in test]).detach().double())
+    shown = torch.isfinite(f)
+    assert torch.isfinite(cov).all() and torch.equal(shown, f > -math.inf)
+    assert (torch.diagonal(cov, dim1=1, dim2=2)[shown] > 0).all()
+    assert not (cov * ~shown[:, :, None]).any() and not (cov * ~shown[:, None, :]).any()
+    probs = probit_probs(f, cov)
+    assert torch.equal(probs == 0, ~shown) and torch.allclose(probs.sum(-1), torch.ones(6).double())
+    if name == "tiny_causal":
+        assert not shown.all()
 
 
 @pytest.mark.slow
