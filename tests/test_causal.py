@@ -301,6 +301,9 @@ def test_mc_dropout_and_ood_on_a_causal_lm(map_runs: list[Path], tmp_path: Path)
     assert result["ensemble"]["mutual_information"] > 0  # LoRA dropout makes the passes differ
 
 
+VAL_GRID = ["val_nll_grid=[0.1,10.0]", "val_nll_draws=2"]
+
+
 def assert_masked_letters_are_zero(probs: np.ndarray, run: Path) -> None:
     """Probabilities ``[..., N, 5]`` of the test rows of ``run``'s task (as evaluate batches
     them): exactly 0 on the letters a row does not show, positive on the others, rows summing to
@@ -319,6 +322,7 @@ def assert_masked_letters_are_zero(probs: np.ndarray, run: Path) -> None:
         ("swag", ["sampler.swag.rank=2", "sampler.swag.num_draws=4"]),
         ("blob", ["sampler.blob.num_draws=4"]),
     ],
+    ids=["swag", "blob"],
 )
 def test_swag_and_blob_on_a_causal_lm(
     sampler: str,
@@ -354,15 +358,20 @@ def test_swag_and_blob_on_a_causal_lm(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("structure", ["kron", "diag"])
+@pytest.mark.parametrize(
+    ("structure", "prior"),
+    [("kron", ["prior_precision=marglik"]), ("diag", ["prior_precision=val_nll", *VAL_GRID])],
+    ids=["kron-marglik", "diag-val_nll"],
+)
 def test_laplace_and_its_glm_predictive_on_a_causal_lm(
-    structure: str, map_runs: list[Path], tiny: tuple[Any, Any], tmp_path: Path
+    structure: str, prior: list[str], map_runs: list[Path], tiny: tuple[Any, Any], tmp_path: Path
 ) -> None:
-    """Laplace around the causal MAP: the curvature covers exactly the LoRA A/B tensors of
-    q_proj and v_proj, the run folder is finished (fit-end test metrics), and the GLM predictive
-    (mc and probit) keeps the masked letters at probability exactly 0."""
+    """Laplace around the causal MAP (its prior precision by the evidence, or by the validation
+    NLL of draws): the curvature covers exactly the LoRA A/B tensors of q_proj and v_proj, the
+    run folder is finished (fit-end test metrics), and the GLM predictive (mc and probit) keeps
+    the masked letters at probability exactly 0."""
     out = tmp_path / "laplace"
-    options = [f"run_dir={map_runs[0]}", f"structure={structure}", "num_samples=3"]
+    options = [f"run_dir={map_runs[0]}", f"structure={structure}", "num_samples=3", *prior]
     info = fit_laplace(compose_config("laplace", [*options, f"out_dir={out}"]))
     lora = sampled_parameters(tiny[0])
     assert {n.split(".")[-4] for n in lora} == {"q_proj", "v_proj"} and len(lora) == 8
@@ -373,6 +382,9 @@ def test_laplace_and_its_glm_predictive_on_a_causal_lm(
         assert torch.isfinite(t).all() and t.abs().sum() > 0, key
     assert info["num_params"] == sum(p.numel() for p in lora.values())
     assert math.isfinite(info["log_marglik"]) and info["prior_precision"] > 0
+    if structure == "diag":  # val_nll: the grid point whose draws fit validation best
+        assert info["prior_precision"] in (0.1, 10.0) and len(info["val_nll_grid"]) == 2
+        assert all(math.isfinite(r["val_nll"]) for r in info["val_nll_grid"])
     assert is_run_folder(out) and load_samples(out)[1]["num_samples"] == 3
     fit_end = load_predictions(out / "predictions.safetensors")["predictions"]
     assert_masked_letters_are_zero(fit_end, out)
