@@ -324,6 +324,9 @@ def _ensemble_row(
     row = _base(group, method, kind, group.runs)
     _metrics(row, ensemble_metrics(preds, labels, _task_metric(group), _obs_std(group)))
     row["members"] = int(preds.shape[0])
+    # per run (``runs``' order), the rows of its saved predictions averaged here: the shift
+    # table combines the same members of each run's own shift evaluation (reporting/shift.py)
+    row["member_samples"] = [[int(i) for i in r] for r in member_rows]
     row.update(ensemble_cost([r.compute for r in group.runs]))
     plain = eval_folders_of(ctx.evals, group.runs, row["members"], member_rows)
     row["eval_seconds"] = _eval_seconds(plain[:1])

@@ -10,7 +10,12 @@ the metrics of the evaluation(s) of exactly its runs and members:
 - a row over seeds (``kind == "single"``): each seed's own evaluation of all its kept samples,
   mean ± sd over the seeds that have one (``(n=..)`` when fewer than the row's seeds);
 - an ensemble row (deep ensemble, pooled chains): one evaluation of all of its runs together
-  with the row's member count;
+  with the row's member count; where there is none for a shift task, the row's members combined
+  from each of its runs' own evaluation (``evaluate run_dir=<run> shift=[...]``, all its kept
+  samples: ``shift_<task>_predictions`` ``[M, N, C]``), the members chosen as the in-domain row
+  chose them (its ``member_samples``: every sample of every seed for the deep ensemble, k evenly
+  spaced per chain for pooled k/chain), where every run has one of that task on the same
+  examples (equal labels); otherwise a note and no number;
 - a row read from evaluation folders (``from``: MC dropout, GLM predictive): the shift block of
   those folders;
 - a temperature-scaled row: none (``shift=`` scores the uncalibrated predictive).
@@ -63,7 +68,9 @@ TOLERANCE = 1e-5
 HOW_TO_READ = (
     "The rows of each task's table scored on other tasks' test sets (`python -m "
     "bayesian_lora.evaluate run_dir=<run> shift=[<task>,...]` for each seed of a row over "
-    "seeds, `'run_dirs=[...]'` of exactly an ensemble row's runs and members for that row). "
+    "seeds, `'run_dirs=[...]'` of exactly an ensemble row's runs and members for that row; "
+    "without the latter, an ensemble row combines its members' saved shift predictions from "
+    "each of its runs' own evaluation, as named below its table). "
     "Per shift task: accuracy and ECE in percent, NLL in nats per example, `mean ± sd [CI]` "
     "with the sd over seeds and a {level:.0%} percentile bootstrap CI over that task's examples "
     "(B = {resamples}, seed {seed}, the same resamples for every row of one shift task), and "
@@ -129,19 +136,35 @@ def _section(
     used: set[Path] = set()
     for row in rows:
         units, why = _units(row, ctx, by_path)
+        per_run = _per_run(row, ctx, by_path)
         found = [u for u in units if u]
-        if not found:
-            missing.append({"method": str(row["method"]), "reason": why or _no_eval(row)})
+        if not found and not (per_run and all(per_run)):
+            missing.append({"method": str(row["method"]), "reason": why or _no_eval(row, per_run)})
             continue
+        combined: dict[str, list[str]] = {}  # shift task -> the runs' evaluations combined
         for t in tasks:
             picks = [(i, _pick(u, t)) for i, u in enumerate(units)]
             picks_ = [(i, e) for i, e in picks if e is not None]
-            if not picks_:
-                continue
-            used |= {e.path for _, e in picks_}
-            shift_row = _task_row(row, t, picks_, len(units), metric, ctx, labels, deltas, notes)
+            if picks_:  # an evaluation of exactly the row's runs and members comes first
+                used |= {e.path for _, e in picks_}
+                shift_row = _task_row(
+                    row, t, picks_, len(units), metric, ctx, labels, deltas, notes
+                )
+            elif per_run and all(per_run):
+                shift_row = _combined_row(row, t, per_run, metric, ctx, labels, deltas, notes)
+                if shift_row is not None:
+                    combined[t] = shift_row["from"]
+            else:
+                shift_row = None
             if shift_row is not None:
                 out.append(shift_row)
+        if combined:
+            names = ", ".join(dict.fromkeys(_name(Path(p)) for ps in combined.values() for p in ps))
+            notes.append(
+                f"{row['method']} on {', '.join(combined)}: combined from its runs' own shift "
+                f"evaluations (their saved shift predictions of the row's {row.get('members')} "
+                f"members: {names}), no evaluation of the ensemble itself"
+            )
     for t in tasks:
         paired_deltas([r for r in out if r["shift_task"] == t], deltas[t])
     notes += [
@@ -176,13 +199,31 @@ def _units(
         return [[e] if e is not None and shift_tasks_of(e) else [] for e in folders], (
             "its evaluation folder(s) have no shift block"
         )
-    runs = [by_path.get(Path(p).resolve()) for p in row.get("runs") or []]
-    if not runs or any(r is None for r in runs):
+    known = _known_runs(row, by_path)
+    if known is None:
         return [], "its run folders are not known"
-    known = [r for r in runs if r is not None]
     if row.get("kind") == "single":
         return [_shifted(ctx, [r], _num_samples(ctx, r)) for r in known], None
-    return [_shifted(ctx, known, row.get("members"))], None
+    return [_shifted(ctx, known, row.get("members"), row.get("member_samples"))], None
+
+
+def _known_runs(row: Mapping[str, Any], by_path: Mapping[Path, SweepRun]) -> list[SweepRun] | None:
+    runs = [by_path.get(Path(p).resolve()) for p in row.get("runs") or []]
+    known = [r for r in runs if r is not None]
+    return known if runs and len(known) == len(runs) else None
+
+
+def _per_run(
+    row: Mapping[str, Any], ctx: RowContext, by_path: Mapping[Path, SweepRun]
+) -> list[list[EvalFolder]] | None:
+    """An ensemble row's runs' own evaluations with a ``shift`` block (all of each run's kept
+    samples), one list of candidates per run; None for a row that is no ensemble of saved
+    members (``member_samples``, :func:`.rows._ensemble_row`)."""
+    samples = row.get("member_samples")
+    known = _known_runs(row, by_path)
+    if not samples or known is None or len(samples) != len(known) or row.get("from"):
+        return None
+    return [_shifted(ctx, [r], _num_samples(ctx, r)) for r in known]
 
 
 def _num_samples(ctx: RowContext, run: SweepRun) -> int | None:
@@ -190,12 +231,18 @@ def _num_samples(ctx: RowContext, run: SweepRun) -> int | None:
     return None if a is None else int(a["predictions"].shape[0])
 
 
-def _shifted(ctx: RowContext, runs: Sequence[SweepRun], members: Any) -> list[EvalFolder]:
-    """The plain test evaluations of exactly these runs and members that scored shift tasks."""
+def _shifted(
+    ctx: RowContext,
+    runs: Sequence[SweepRun],
+    members: Any,
+    samples: Sequence[Sequence[int]] | None = None,
+) -> list[EvalFolder]:
+    """The plain test evaluations of exactly these runs and members (and, with ``samples``,
+    each run's kept samples, wherever an evaluation recorded them) that scored shift tasks."""
     m = int(members) if isinstance(members, (int, float)) and float(members).is_integer() else None
     if m is None:
         return []
-    return [e for e in eval_folders_of(ctx.evals, runs, m) if shift_tasks_of(e)]
+    return [e for e in eval_folders_of(ctx.evals, runs, m, samples) if shift_tasks_of(e)]
 
 
 def _pick(candidates: Sequence[EvalFolder], task: str) -> EvalFolder | None:
@@ -210,17 +257,29 @@ def _n_examples(e: EvalFolder, task: str) -> int:
     return int(e.result["shift"]["tasks"][task].get("n", 0))
 
 
-def _no_eval(row: Mapping[str, Any]) -> str:
+def _name(path: Path) -> str:
+    """An evaluation folder as ``<run>/<folder>`` (a run's own evaluation is ``evaluation``)."""
+    return f"{path.parent.name}/{path.name}"
+
+
+def _no_eval(row: Mapping[str, Any], per_run: Sequence[Sequence[EvalFolder]] | None) -> str:
+    per_seed = "`python -m bayesian_lora.evaluate run_dir=<run> shift=[...]` per seed"
     if row.get("kind") == "single":
         return (
-            "no evaluation with `shift=[...]` of each seed's run and all its samples "
-            "(`python -m bayesian_lora.evaluate run_dir=<run> shift=[...]` per seed)"
+            f"no evaluation with `shift=[...]` of each seed's run and all its samples ({per_seed})"
         )
     names = ",".join(Path(p).name for p in row.get("runs") or [])
-    return (
+    why = (
         f"no evaluation with `shift=[...]` of exactly its {row.get('n')} runs and "
         f"{row.get('members')} members (`python -m bayesian_lora.evaluate "
         f"'run_dirs=[{names}]' k={row.get('members')} shift=[...]`)"
+    )
+    if per_run is None:
+        return why
+    lacking = [Path(p).name for p, c in zip(row["runs"], per_run, strict=True) if not c]
+    return (
+        f"{why}, nor one of each of its runs with all its samples to combine ({per_seed}; "
+        f"none for {', '.join(lacking)})"
     )
 
 
@@ -260,11 +319,83 @@ def _task_row(
         paths.append(str(e.path))
     if not metrics:
         return None
-    out: dict[str, Any] = {k: row[k] for k in CARRIED if k in row}
-    out["seeds"] = [s for s in seeds if s is not None] if None not in seeds else row["seeds"]
-    out.update(shift_task=task, n_examples=len(ys[0]), evaluations=len(metrics))
-    out["from"] = paths
     over_seeds = row.get("kind") == "single" or num_units > 1
+    kept = [s for s in seeds if s is not None] if None not in seeds else row["seeds"]
+    out = _shift_row(row, task, kept, paths, metrics, over_seeds, len(ys[0]))
+    return _with_ci(out, row, task, probs, ys, metric, ctx, labels, deltas, notes)
+
+
+def _combined_row(
+    row: Mapping[str, Any],
+    task: str,
+    per_run: Sequence[Sequence[EvalFolder]],
+    metric: str,
+    ctx: RowContext,
+    labels: dict[str, np.ndarray],
+    deltas: Mapping[str, RowContext],
+    notes: list[str],
+) -> dict[str, Any] | None:
+    """An ensemble row on one shift task from its runs' own shift evaluations: the rows
+    ``member_samples`` of each run's saved ``shift_<task>_predictions`` together, as the in-domain
+    row averages them; None (with a note) unless every run has them on the same examples."""
+    what = f"{row['method']} on {task}: not combined from its runs' own shift evaluations"
+    picks = [_pick(c, task) for c in per_run]
+    lacking = [Path(p).name for p, e in zip(row["runs"], picks, strict=True) if e is None]
+    if lacking:
+        notes.append(
+            f"{what}: {', '.join(lacking)} scored no {task} (its runs' evaluations cover "
+            "different shift tasks)"
+        )
+        return None
+    chosen = [e for e in picks if e is not None]
+    key = f"shift_{task}_predictions"
+    arrays = []
+    for e in chosen:
+        a = ctx.predictions(e.path)
+        if a is None or key not in a or f"shift_{task}_labels" not in a:
+            notes.append(f"{what}: {_name(e.path)} has no saved {key}")
+            return None
+        if a[key].shape[0] != e.num_members:
+            notes.append(
+                f"{what}: {_name(e.path)} saved {a[key].shape[0]} members' {key}, not its "
+                f"{e.num_members}"
+            )
+            return None
+        arrays.append(a)
+    ys = [a[f"shift_{task}_labels"] for a in arrays]
+    if any(y.shape != ys[0].shape or not np.array_equal(y, ys[0]) for y in ys):
+        sizes = "/".join(str(len(y)) for y in ys)
+        notes.append(f"{what}: they scored different examples ({sizes}; another ood_max_samples?)")
+        return None
+    preds = np.concatenate(
+        [
+            a[key][np.asarray(s, dtype=np.int64)]
+            for a, s in zip(arrays, row["member_samples"], strict=True)
+        ]
+    )
+    paths = [str(e.path) for e in chosen]
+    metrics = [ensemble_metrics(preds, ys[0], metric)]
+    out = _shift_row(row, task, row["seeds"], paths, metrics, False, len(ys[0]))
+    out["combined_from_runs"] = True
+    probs = [preds.astype(np.float64).mean(axis=0)]
+    return _with_ci(out, row, task, probs, ys[:1], metric, ctx, labels, deltas, notes)
+
+
+def _shift_row(
+    row: Mapping[str, Any],
+    task: str,
+    seeds: Sequence[Any],
+    paths: Sequence[str],
+    metrics: Sequence[Mapping[str, float]],
+    over_seeds: bool,
+    n_examples: int,
+) -> dict[str, Any]:
+    """What the shift row copies from its in-domain row, and its metrics: the mean ± sd of
+    ``metrics`` over seeds, or the one ensemble's."""
+    out: dict[str, Any] = {k: row[k] for k in CARRIED if k in row}
+    out["seeds"] = list(seeds)
+    out.update(shift_task=task, n_examples=n_examples, evaluations=len(paths))
+    out["from"] = list(paths)
     for k in SHIFT_METRICS:
         values = [float(m[k]) for m in metrics]
         if over_seeds:
@@ -272,6 +403,24 @@ def _task_row(
             out[f"{k}_n"] = len(values)
         else:
             out[f"{k}_mean"] = values[0]
+    return out
+
+
+def _with_ci(
+    out: dict[str, Any],
+    row: Mapping[str, Any],
+    task: str,
+    probs: Sequence[np.ndarray],
+    ys: Sequence[np.ndarray],
+    metric: str,
+    ctx: RowContext,
+    labels: dict[str, np.ndarray],
+    deltas: Mapping[str, RowContext],
+    notes: list[str],
+) -> dict[str, Any]:
+    """The row's bootstrap CI of the mean over ``probs`` (one predictive per seed, or the
+    ensemble's) on the shift task's resamples, paired with the other rows where the examples
+    are theirs (the replicates kept for the paired difference to the MAP row)."""
     if any(y.shape != ys[0].shape or not np.array_equal(y, ys[0]) for y in ys):
         notes.append(f"{row['method']} on {task}: its seeds' test sets differ: no CI")
         return out
