@@ -6,6 +6,13 @@ has none), both chains pooled with all samples, and one chain at k=2 (no row's m
 shift predictive is built so that its mean predictive puts 0.85 on the label (right) or 0.55 on
 another letter and 0.15 on the label (wrong), so with a fraction ``a`` right:
 acc = a, NLL = -(a log 0.85 + (1 - a) log 0.15), ECE = 0.15 a + 0.55 (1 - a).
+
+A second sweep (``seeds``) has only each run's own shift evaluation (SGLD seed 1 too): its deep
+ensemble and pooled rows are combined from those evaluations' saved member predictions. The mean
+of two such predictives with r0 <= r1 right puts 0.85 on the label for the first r0 examples,
+(0.85 + 0.15) / 2 = 0.5 (still the argmax) for the next r1 - r0 and 0.15 for the rest:
+acc = r1 / n, NLL = -(r0 log 0.85 + (r1 - r0) log 0.5 + (n - r1) log 0.15) / n,
+ECE = (0.15 r0 + 0.5 (r1 - r0) + 0.55 (n - r1)) / n (0.85, 0.5 and 0.55 fall in different bins).
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ RIGHT_OF = {
     "map_s1": (14, 6),
     "deep_ensemble": (16, 7),
     "sgld_s0": (12, 5),
+    "sgld_s1": (16, 8),  # the second sweep only
     "pooled_all": (18, 8),
     "chain_k2": (1, 1),
 }
@@ -97,6 +105,19 @@ def hand(a: float) -> dict[str, float]:
     }
 
 
+def two(r0: int, r1: int, n: int) -> dict[str, float]:
+    """Acc, NLL and ECE of the mean of predictive(n, r0) and predictive(n, r1), r0 <= r1."""
+    mixed = (RIGHT + LABEL_IF_WRONG) / 2
+    return {
+        "acc": r1 / n,
+        "nll": -(
+            r0 * math.log(RIGHT) + (r1 - r0) * math.log(mixed) + (n - r1) * math.log(LABEL_IF_WRONG)
+        )
+        / n,
+        "ece": ((1 - RIGHT) * r0 + (1 - mixed) * (r1 - r0) + WRONG * (n - r1)) / n,
+    }
+
+
 def in_domain(rng: np.random.Generator, m: int) -> np.ndarray:
     return rng.dirichlet(np.ones(C), size=(m, N_IN))
 
@@ -111,11 +132,25 @@ def shift_eval(
     """What ``evaluate ... shift=[arc_e,arc_c]`` writes, reduced to what the report reads; its
     shift block from the real ``shift_metrics``."""
     m = in_preds.shape[0]
-    y_in = labels_of(N_IN)
     shifted = {
         t: (members(predictive(n, r), m).astype(np.float32), labels_of(n))
         for (t, n), r in zip(SHIFT_N.items(), right, strict=True)
     }
+    write_eval(folder, runs, in_preds, shifted, calibration)
+
+
+def write_eval(
+    folder: Path,
+    runs: list[Path],
+    in_preds: np.ndarray,
+    shifted: dict[str, tuple[np.ndarray, np.ndarray]],
+    calibration: dict[str, Any] | None = None,
+    samples_used: list[list[int]] | None = None,
+) -> None:
+    """An evaluation folder of ``runs`` (``samples_used`` recorded per run where given) that
+    scored the shift tasks of ``shifted`` (task -> member predictions, labels)."""
+    m = in_preds.shape[0]
+    y_in = labels_of(N_IN)
     extra: dict[str, np.ndarray] = {}
     for t, (preds, y) in shifted.items():
         extra[f"shift_{t}_predictions"], extra[f"shift_{t}_labels"] = preds, y
@@ -126,7 +161,10 @@ def shift_eval(
         "split": "test",
         "mc_dropout": 0,
         "num_members": m,
-        "runs": [{"run_dir": str(r)} for r in runs],
+        "runs": [
+            {"run_dir": str(r), **({} if samples_used is None else {"samples_used": u})}
+            for r, u in zip(runs, samples_used or [None] * len(runs), strict=True)
+        ],
         "ensemble": ensemble,
         "shift": shift_metrics(get_task("obqa"), ensemble, shifted, N_IN),
     }
@@ -139,9 +177,8 @@ def _report(root: Path, out: Path) -> dict[str, Any]:
     return build_report([root], out_dir=out, plots=False, bootstrap=Bootstrap(B, 0))
 
 
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    root = tmp_path_factory.mktemp("obqa_sweep")
+def _runs(root: Path) -> tuple[list[Path], list[Path]]:
+    """Two MAP seeds (one sample each) and two SGLD chains (three kept samples each)."""
     rng = np.random.default_rng(0)
     y = labels_of(N_IN)
     maps = [
@@ -159,10 +196,22 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         )
         for s in range(2)
     ]
+    return maps, chains
+
+
+def _own(run: Path) -> np.ndarray:
+    return load_predictions(run / "predictions.safetensors")["predictions"]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("obqa_sweep")
+    y = labels_of(N_IN)
+    maps, chains = _runs(root)
     # the in-domain report before any shift evaluation exists
     before_out = tmp_path_factory.mktemp("before")
     before = _report(root, before_out)
-    own = {p: load_predictions(p / "predictions.safetensors")["predictions"] for p in maps + chains}
+    own = {p: _own(p) for p in maps + chains}
     for s, run in enumerate(maps):
         shift_eval(run / "evaluation", [run], own[run], RIGHT_OF[f"map_s{s}"])
     both = np.concatenate([own[r] for r in maps])
@@ -299,6 +348,8 @@ def test_rows_without_a_shift_evaluation_get_a_note_and_no_numbers(sweep: dict[s
     missing = {m["method"]: m["reason"] for m in section["missing"]}
     assert set(missing) == {"sgld pooled (1/chain)", "deep_ensemble + temperature"}
     assert "exactly its 2 runs and 2 members" in missing["sgld pooled (1/chain)"]
+    # nor can it be combined from its runs' own evaluations: seed 1 has none
+    assert "none for 3_tiny_obqa_sgld_s1" in missing["sgld pooled (1/chain)"]
     assert "uncalibrated" in missing["deep_ensemble + temperature"]
     # the chain evaluated at k=2 is no row's members: named, not used
     assert any(n.startswith("evaluation_k2:") for n in section["notes"]), section["notes"]
@@ -405,3 +456,212 @@ def test_a_row_read_from_evaluation_folders_takes_their_shift_block(sweep: dict[
 
 def _in_domain_row(sweep: dict[str, Any], method: str) -> dict[str, Any]:
     return dict(next(r for r in sweep["report"]["rows"] if r["method"] == method))
+
+
+# ----------------------------------------------------------------------------- combined from seeds
+
+
+@pytest.fixture(scope="module")
+def seeds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The runs of ``sweep`` with each run's own shift evaluation only (both SGLD chains)."""
+    root = tmp_path_factory.mktemp("obqa_seeds")
+    maps, chains = _runs(root)
+    for name, run in zip(("map_s0", "map_s1", "sgld_s0", "sgld_s1"), maps + chains, strict=True):
+        shift_eval(run / "evaluation", [run], _own(run), RIGHT_OF[name])
+    out = tmp_path_factory.mktemp("seeds_report")
+    return {"root": root, "out": out, "report": _report(root, out), "maps": maps, "chains": chains}
+
+
+ENSEMBLES = (  # the ensemble rows of ``seeds``: (method, members, the two runs' right answers)
+    ("deep_ensemble", 2, ("map_s0", "map_s1")),
+    ("sgld pooled (1/chain)", 2, ("sgld_s0", "sgld_s1")),
+    ("sgld pooled (all/chain)", 6, ("sgld_s0", "sgld_s1")),
+)
+
+
+@pytest.mark.parametrize("task", list(SHIFT_N))
+def test_ensemble_rows_combined_from_each_runs_evaluation_are_hand_computed(
+    seeds: dict[str, Any], task: str
+) -> None:
+    """Each run's members' mean is its predictive(), and so is a chain's last kept sample (the
+    1/chain member: +0.03 / -0.03 / 0 moved on members 0 / 1 / 2), so every ensemble's mean
+    predictive is the mean of the two runs' predictive()s."""
+    n, at = SHIFT_N[task], list(SHIFT_N).index(task)
+    for method, m, (a, b) in ENSEMBLES:
+        row = _row(seeds["report"], method, task)
+        want = two(RIGHT_OF[a][at], RIGHT_OF[b][at], n)
+        for key in ("acc", "nll", "ece"):
+            assert row[f"{key}_mean"] == pytest.approx(want[key], rel=1e-5), (method, key)
+            assert f"{key}_std" not in row
+        assert row["members"] == m and row["n_examples"] == n and row["combined_from_runs"]
+        runs = seeds["maps"] if method == "deep_ensemble" else seeds["chains"]
+        assert row["from"] == [str(r / "evaluation") for r in runs] and row["evaluations"] == 2
+        assert row["paired"] and row["delta_vs"] == "map"
+
+
+def test_combined_rows_cis_are_paired_with_the_other_rows(seeds: dict[str, Any]) -> None:
+    report = seeds["report"]
+    for task, n in SHIFT_N.items():
+        at = list(SHIFT_N).index(task)
+        idx = bootstrap_indices(n, B, 0)  # one set per shift task
+        y = labels_of(n)
+
+        maps = mean_replicates(
+            [replicates(predictive(n, RIGHT_OF[f"map_s{s}"][at]), y, idx) for s in range(2)]
+        )
+        for method, _, (a, b) in ENSEMBLES:
+            mean = (predictive(n, RIGHT_OF[a][at]) + predictive(n, RIGHT_OF[b][at])) / 2
+            mine = replicates(mean, y, idx)
+            row = _row(report, method, task)
+            for key in ("acc", "nll", "ece"):
+                lo, hi = percentile_ci(mine[key])
+                assert row[f"{key}_ci_low"] == pytest.approx(lo, abs=1e-6), (method, task, key)
+                assert row[f"{key}_ci_high"] == pytest.approx(hi, abs=1e-6), (method, task, key)
+            lo, hi = percentile_ci(mine["nll"] - maps["nll"])  # on the MAP row's resamples
+            assert row["nll_delta_ci_low"] == pytest.approx(lo, abs=1e-6), (method, task)
+            assert row["nll_delta_ci_high"] == pytest.approx(hi, abs=1e-6), (method, task)
+
+
+def test_the_notes_name_the_combined_rows(seeds: dict[str, Any]) -> None:
+    (section,) = seeds["report"]["shift"]["sections"]
+    assert section["missing"] == []  # every row of the table has its shift numbers
+    text = (seeds["out"] / "report.md").read_text()
+    for method, m, (a, _) in ENSEMBLES:
+        run = "0_tiny_obqa_map_s0" if a == "map_s0" else "2_tiny_obqa_sgld_s0"
+        (note,) = [n for n in section["notes"] if n.startswith(f"{method} on arc_e, arc_c:")]
+        assert "combined from its runs' own shift evaluations" in note
+        assert f"of the row's {m} members: {run}/evaluation, " in note
+        assert f"- {note}" in text
+    de = next(ln for ln in text.splitlines() if ln.startswith("| deep_ensemble ") and "[" in ln)
+    assert f"| {100 * two(10, 14, 20)['acc']:.2f} [" in de
+
+
+def test_an_evaluation_of_the_ensemble_comes_first(sweep: dict[str, Any]) -> None:
+    """``sweep`` has both MAP seeds' own shift evaluations and one of the deep ensemble (with
+    other numbers): the row is the deep ensemble's evaluation, nothing combined."""
+    report = sweep["report"]
+    for task in SHIFT_N:
+        row = _row(report, "deep_ensemble", task)
+        assert row["from"] == [str(sweep["root"] / "evaluation_de")]
+        assert row["acc_mean"] == pytest.approx(_frac("deep_ensemble", task))
+        assert "combined_from_runs" not in row
+    (section,) = report["shift"]["sections"]
+    assert not [n for n in section["notes"] if "combined" in n], section["notes"]
+
+
+def _rr(arrays: list[np.ndarray]) -> np.ndarray:
+    """Members round-robin over the runs, as ``evaluate 'run_dirs=[...]'`` orders them."""
+    return np.stack([a[j] for j in range(len(arrays[0])) for a in arrays])
+
+
+def test_an_ensembles_evaluation_and_its_combination_agree(
+    seeds: dict[str, Any], tmp_path: Path
+) -> None:
+    """Evaluations of the ensembles whose members' shift predictions are exactly those the
+    runs' own evaluations saved (as a real evaluation of the same samples would be): the
+    rows they give are the combined rows' to 1e-9, and they take precedence; the 1/chain one
+    scored arc_e only, so its arc_c row is still combined."""
+    root = tmp_path / "sweep"
+    shutil.copytree(seeds["root"], root)
+    maps, chains = ([root / p.name for p in seeds[k]] for k in ("maps", "chains"))
+    saved = {
+        r: load_predictions(r / "evaluation" / "predictions.safetensors") for r in maps + chains
+    }
+
+    def shifted(runs: list[Path], take: list[int] | None, tasks: list[str]) -> dict[str, Any]:
+        return {
+            t: (
+                _rr([saved[r][f"shift_{t}_predictions"][take or slice(None)] for r in runs]),
+                labels_of(SHIFT_N[t]),
+            )
+            for t in tasks
+        }
+
+    both = list(SHIFT_N)
+    write_eval(
+        root / "evaluation_de", maps, _rr([_own(r) for r in maps]), shifted(maps, None, both)
+    )
+    write_eval(
+        root / "evaluation_pooled",
+        chains,
+        _rr([_own(r) for r in chains]),
+        shifted(chains, None, both),
+    )
+    write_eval(
+        root / "evaluation_pooled_k2",
+        chains,
+        _rr([_own(r)[[2]] for r in chains]),
+        shifted(chains, [2], ["arc_e"]),
+        samples_used=[[2], [2]],
+    )
+    report = _report(root, tmp_path / "out")
+    (section,) = report["shift"]["sections"]
+    combined = [n for n in section["notes"] if "combined from" in n]
+    assert len(combined) == 1 and combined[0].startswith("sgld pooled (1/chain) on arc_c:")
+    expect_from = {
+        ("deep_ensemble", "arc_e"): "evaluation_de",
+        ("deep_ensemble", "arc_c"): "evaluation_de",
+        ("sgld pooled (all/chain)", "arc_e"): "evaluation_pooled",
+        ("sgld pooled (all/chain)", "arc_c"): "evaluation_pooled",
+        ("sgld pooled (1/chain)", "arc_e"): "evaluation_pooled_k2",
+    }
+    assert len(report["shift"]["rows"]) == len(seeds["report"]["shift"]["rows"])
+    for want in seeds["report"]["shift"]["rows"]:
+        got = _row(report, want["method"], want["shift_task"])
+        where = expect_from.get((want["method"], want["shift_task"]))
+        if where is not None:
+            assert got["from"] == [str(root / where)] and "combined_from_runs" not in got
+        numbers = [k for k, v in want.items() if isinstance(v, float) and "seconds" not in k]
+        assert numbers and set(numbers) <= set(got)
+        for k in numbers:
+            assert got[k] == pytest.approx(want[k], abs=1e-9, nan_ok=True), (got["method"], k)
+
+
+def _rewrite(run: Path, right: tuple[int, int], shift_n: dict[str, int]) -> None:
+    """Replace a run's own evaluation by one of the shift tasks (and sizes) of ``shift_n``."""
+    own = _own(run)
+    write_eval(
+        run / "evaluation",
+        [run],
+        own,
+        {
+            t: (members(predictive(n, r), len(own)).astype(np.float32), labels_of(n))
+            for (t, n), r in zip(shift_n.items(), right, strict=False)
+        },
+    )
+
+
+@pytest.mark.parametrize(
+    ("shift_n", "why"),
+    [
+        (
+            {"arc_e": 20},
+            "1_tiny_obqa_map_s1 scored no arc_c (its runs' evaluations cover different",
+        ),
+        (
+            {"arc_e": 20, "arc_c": 8},
+            "they scored different examples (10/8; another ood_max_samples?)",
+        ),
+    ],
+    ids=["other_shift_tasks", "other_examples"],
+)
+def test_runs_evaluations_of_other_tasks_or_examples_are_not_combined(
+    seeds: dict[str, Any], tmp_path: Path, shift_n: dict[str, int], why: str
+) -> None:
+    """MAP seed 1 evaluated on arc_e only, or on 8 arc_c examples against seed 0's 10: the deep
+    ensemble gets no arc_c row, a note says why; its arc_e row is still combined."""
+    root = tmp_path / "sweep"
+    shutil.copytree(seeds["root"], root)
+    _rewrite(root / seeds["maps"][1].name, RIGHT_OF["map_s1"], shift_n)
+    report = _report(root, tmp_path / "out")
+    (section,) = report["shift"]["sections"]
+    mine = {r["shift_task"]: r for r in report["shift"]["rows"] if r["method"] == "deep_ensemble"}
+    assert set(mine) == {"arc_e"}
+    assert mine["arc_e"]["acc_mean"] == pytest.approx(two(10, 14, 20)["acc"])
+    note = f"deep_ensemble on arc_c: not combined from its runs' own shift evaluations: {why}"
+    assert any(n.startswith(note) for n in section["notes"]), section["notes"]
+    assert any(n.startswith("deep_ensemble on arc_e: combined") for n in section["notes"])
+    # the pooled chains' rows are unaffected
+    assert {
+        r["shift_task"] for r in report["shift"]["rows"] if r["method"] == "sgld pooled (1/chain)"
+    } == set(SHIFT_N)
