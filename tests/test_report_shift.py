@@ -617,42 +617,54 @@ def test_an_ensembles_evaluation_and_its_combination_agree(
             assert got[k] == pytest.approx(want[k], abs=1e-9, nan_ok=True), (got["method"], k)
 
 
-def _rewrite(run: Path, right: tuple[int, int], shift_n: dict[str, int]) -> None:
-    """Replace a run's own evaluation by one of the shift tasks (and sizes) of ``shift_n``."""
+def _rewrite(run: Path, right: tuple[int, int], shift_n: dict[str, int], shift: int) -> None:
+    """Replace a run's own evaluation by one of the shift tasks (and sizes) of ``shift_n``, its
+    arc_c labels moved by ``shift`` letters (other examples of the same number)."""
     own = _own(run)
     write_eval(
         run / "evaluation",
         [run],
         own,
         {
-            t: (members(predictive(n, r), len(own)).astype(np.float32), labels_of(n))
+            t: (
+                members(predictive(n, r), len(own)).astype(np.float32),
+                (labels_of(n) + (shift if t == "arc_c" else 0)) % C,
+            )
             for (t, n), r in zip(shift_n.items(), right, strict=False)
         },
     )
 
 
 @pytest.mark.parametrize(
-    ("shift_n", "why"),
+    ("shift_n", "shift", "why"),
     [
         (
             {"arc_e": 20},
+            0,
             "1_tiny_obqa_map_s1 scored no arc_c (its runs' evaluations cover different",
         ),
         (
             {"arc_e": 20, "arc_c": 8},
+            0,
             "they scored different examples (10/8; another ood_max_samples?)",
         ),
+        (
+            {"arc_e": 20, "arc_c": 10},
+            1,
+            "they scored different examples (10/10; another ood_max_samples?)",
+        ),
     ],
-    ids=["other_shift_tasks", "other_examples"],
+    ids=["other_shift_tasks", "fewer_examples", "other_labels"],
 )
 def test_runs_evaluations_of_other_tasks_or_examples_are_not_combined(
-    seeds: dict[str, Any], tmp_path: Path, shift_n: dict[str, int], why: str
+    seeds: dict[str, Any], tmp_path: Path, shift_n: dict[str, int], shift: int, why: str
 ) -> None:
-    """MAP seed 1 evaluated on arc_e only, or on 8 arc_c examples against seed 0's 10: the deep
-    ensemble gets no arc_c row, a note says why; its arc_e row is still combined."""
+    """MAP seed 1 evaluated on arc_e only, on 8 arc_c examples against seed 0's 10, or on 10
+    with other labels: the deep ensemble gets no arc_c row, a note says why; its arc_e row is
+    still combined."""
     root = tmp_path / "sweep"
     shutil.copytree(seeds["root"], root)
-    _rewrite(root / seeds["maps"][1].name, RIGHT_OF["map_s1"], shift_n)
+    _rewrite(root / seeds["maps"][1].name, RIGHT_OF["map_s1"], shift_n, shift)
     report = _report(root, tmp_path / "out")
     (section,) = report["shift"]["sections"]
     mine = {r["shift_task"]: r for r in report["shift"]["rows"] if r["method"] == "deep_ensemble"}
