@@ -677,3 +677,23 @@ def test_runs_evaluations_of_other_tasks_or_examples_are_not_combined(
     assert {
         r["shift_task"] for r in report["shift"]["rows"] if r["method"] == "sgld pooled (1/chain)"
     } == set(SHIFT_N)
+
+
+def test_runs_evaluations_on_as_many_examples_are_chosen(
+    seeds: dict[str, Any], tmp_path: Path
+) -> None:
+    """MAP seed 1 scored 8 arc_c examples; seed 0 has its 10 and, in another folder, the same
+    8: the deep ensemble's arc_c row combines the two evaluations of 8."""
+    root = tmp_path / "sweep"
+    shutil.copytree(seeds["root"], root)
+    s0, s1 = (root / p.name for p in seeds["maps"])
+    _rewrite(s1, RIGHT_OF["map_s1"], {"arc_e": 20, "arc_c": 8}, 0)
+    _rewrite(s0, RIGHT_OF["map_s0"], {"arc_e": 20, "arc_c": 8}, 0)
+    shutil.move(s0 / "evaluation", s0 / "evaluation_n8")
+    shift_eval(s0 / "evaluation", [s0], _own(s0), RIGHT_OF["map_s0"])
+    report = _report(root, tmp_path / "out")
+    row = _row(report, "deep_ensemble", "arc_c")
+    assert row["from"] == [str(s0 / "evaluation_n8"), str(s1 / "evaluation")]
+    assert row["n_examples"] == 8 and row["acc_mean"] == pytest.approx(two(4, 6, 8)["acc"])
+    assert row["nll_mean"] == pytest.approx(two(4, 6, 8)["nll"], rel=1e-5)
+    assert _row(report, "deep_ensemble", "arc_e")["n_examples"] == 20

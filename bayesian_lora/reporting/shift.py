@@ -245,9 +245,11 @@ def _shifted(
     return [e for e in eval_folders_of(ctx.evals, runs, m, samples) if shift_tasks_of(e)]
 
 
-def _pick(candidates: Sequence[EvalFolder], task: str) -> EvalFolder | None:
-    """Of several evaluations that scored ``task``, the one with the most of its examples."""
+def _pick(candidates: Sequence[EvalFolder], task: str, n: int | None = None) -> EvalFolder | None:
+    """Of several evaluations that scored ``task`` (on ``n`` examples, if given and any did), the
+    one with the most of its examples."""
     have = [e for e in candidates if task in shift_tasks_of(e)]
+    have = [e for e in have if _n_examples(e, task) == n] or have
     if not have:
         return None
     return min(have, key=lambda e: (-_n_examples(e, task), e.path.name))
@@ -339,7 +341,9 @@ def _combined_row(
     ``member_samples`` of each run's saved ``shift_<task>_predictions`` together, as the in-domain
     row averages them; None (with a note) unless every run has them on the same examples."""
     what = f"{row['method']} on {task}: not combined from its runs' own shift evaluations"
-    picks = [_pick(c, task) for c in per_run]
+    scored = [{_n_examples(e, task) for e in c if task in shift_tasks_of(e)} for c in per_run]
+    common = set.intersection(*scored)  # the largest number of examples every run scored
+    picks = [_pick(c, task, max(common, default=None)) for c in per_run]
     lacking = [Path(p).name for p, e in zip(row["runs"], picks, strict=True) if e is None]
     if lacking:
         notes.append(
