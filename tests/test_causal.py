@@ -295,6 +295,31 @@ def test_report_under_shift_from_the_real_evaluate(map_runs: list[Path], tmp_pat
 
 
 @pytest.mark.slow
+def test_report_combines_the_deep_ensemble_under_shift_from_each_seeds_evaluate(
+    map_runs: list[Path], tmp_path: Path
+) -> None:
+    """``evaluate run_dir=<seed> shift=[arc_e,arc_c]`` of each MAP seed, and of the deep ensemble
+    apart: the report given only the seeds' evaluations combines their saved member predictions
+    into the deep ensemble's Under-shift rows, equal to the real evaluation of the ensemble."""
+    from bayesian_lora.report import build_report
+
+    common = ["shift=[arc_e,arc_c]", "ood_max_samples=8", "plots=false"]
+    seeds = [tmp_path / f"s{i}" for i in range(len(map_runs))]
+    for run, out in zip(map_runs, seeds, strict=True):
+        run_eval(f"run_dir={run}", *common, f"out_dir={out}")
+    runs = f"run_dirs=[{','.join(str(p) for p in map_runs)}]"
+    joint = run_eval(runs, *common, f"out_dir={tmp_path / 'de'}")
+    report = build_report([*map_runs, *seeds], out_dir=tmp_path / "report", plots=False)
+    rows = {(r["method"], r["shift_task"]): r for r in report["shift"]["rows"]}
+    for task in ("arc_e", "arc_c"):
+        row, want = rows[("deep_ensemble", task)], joint["shift"]["tasks"][task]
+        assert row["combined_from_runs"] and row["from"] == [str(s) for s in seeds]
+        assert row["n_examples"] == want["n"] == 8 and row["members"] == 2
+        for key in ("acc", "nll", "ece", "brier"):
+            assert row[f"{key}_mean"] == pytest.approx(want[key], rel=1e-6, abs=1e-9), key
+
+
+@pytest.mark.slow
 def test_mc_dropout_and_ood_on_a_causal_lm(map_runs: list[Path], tmp_path: Path) -> None:
     result = run_eval(f"run_dir={map_runs[0]}", "mc_dropout=3", "ood=arc_c", f"out_dir={tmp_path}")
     assert result["num_members"] == 3 and "ood" in result
