@@ -12,13 +12,15 @@ from __future__ import annotations
 import math
 import textwrap
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from bayesian_lora.evaluation import metrics as M
@@ -381,6 +383,10 @@ def ood_histogram(
 # ----------------------------------------------------------------------------- sweep comparison
 
 
+#: Above this many rows the comparison plot is drawn with horizontal bars (methods on the y axis).
+HORIZONTAL_ABOVE = 12
+
+
 def comparison_plot(
     table: Sequence[Mapping[str, Any]],
     path: str | Path,
@@ -390,18 +396,20 @@ def comparison_plot(
     """Bars (mean +- std error bars) per method, one panel per metric.
 
     Each row has ``method`` and, per metric ``m``, ``m_mean`` (or plain ``m``) and optionally
-    ``m_std`` (missing -> no error bar) and ``n`` (number of seeds, shown in the x labels).
+    ``m_std`` (missing -> no error bar) and ``n`` (number of seeds, shown in the method labels).
+    Up to :data:`HORIZONTAL_ABOVE` rows the bars stand side by side; with more, they lie
+    horizontally, one line per method (the table's order, top to bottom), so that 35 rows stay
+    legible.
     """
+    if len(table) > HORIZONTAL_ABOVE:
+        return _comparison_horizontal(table, path, metrics, title)
     methods = [str(r["method"]) + (f"\n(n={r['n']})" if "n" in r else "") for r in table]
     fig = _new_figure(max(3.2 * len(metrics), 2.0 + 0.9 * len(methods) * len(metrics)), 4.0)
     axes = np.atleast_1d(fig.subplots(1, len(metrics)))
     colors = [f"C{i % 10}" for i in range(len(table))]
     x = np.arange(len(table))
     for ax, m in zip(axes, metrics, strict=True):
-        s = _scale(m)
-        mean = np.array([r.get(f"{m}_mean", r.get(m, np.nan)) for r in table], float) * s
-        std = np.array([r.get(f"{m}_std", 0.0) for r in table], float) * s
-        std = np.where(np.isfinite(std), std, 0.0)  # one seed: std is NaN, draw no error bar
+        mean, std = _mean_std(table, m)
         ax.bar(x, mean, yerr=std, capsize=4, color=colors, edgecolor="black", linewidth=0.6)
         for xi, (mu, sd) in enumerate(zip(mean, std, strict=True)):
             ax.annotate(
@@ -413,7 +421,7 @@ def comparison_plot(
                 va="bottom",
                 fontsize=7,
             )
-        zoomed = _set_comparison_ylim(ax, mean, std)
+        zoomed = _set_comparison_lim(ax, mean, std)
         ax.set_xticks(x, methods, rotation=30 if len(table) > 4 else 0, ha="center", fontsize=8)
         ax.set(ylabel=_label(m), title=m + (" (y axis does not start at 0)" if zoomed else ""))
         ax.grid(axis="y", alpha=0.3)
@@ -421,18 +429,409 @@ def comparison_plot(
     return _save(fig, path)
 
 
-def _set_comparison_ylim(ax: Axes, mean: np.ndarray, std: np.ndarray) -> bool:
-    """Start at 0 unless all bars are tall compared with their spread; True if zoomed in."""
+def _mean_std(table: Sequence[Mapping[str, Any]], m: str) -> tuple[np.ndarray, np.ndarray]:
+    """Display-unit means (NaN where missing) and stds (0 where missing or NaN: no bar)."""
+    s = _scale(m)
+    mean = np.array([r.get(f"{m}_mean", r.get(m, np.nan)) for r in table], float) * s
+    std = np.array([r.get(f"{m}_std", 0.0) for r in table], float) * s
+    return mean, np.where(np.isfinite(std), std, 0.0)  # one seed: std is NaN, no error bar
+
+
+def _label_width(labels: Sequence[str], fontsize: float = 7) -> float:
+    """Inches taken by the longest of ``labels`` (about 0.55 em per character)."""
+    return max((len(t) for t in labels), default=0) * 0.55 * fontsize / 72
+
+
+def _row_height(n_rows: int) -> float:
+    """Figure height (inches) for ``n_rows`` lines of 7-pt labels plus titles and a legend."""
+    return 1.5 + 0.2 * n_rows
+
+
+def _stripes(ax: Axes, n_rows: int) -> None:
+    """Shade every other line (the eye follows a row across panels); row 0 at the top."""
+    for i in range(0, n_rows, 2):
+        ax.axhspan(i - 0.5, i + 0.5, color="0.93", zorder=0, linewidth=0)
+    ax.set_ylim(n_rows - 0.5, -0.5)
+    ax.tick_params(axis="y", length=0)
+
+
+def _comparison_horizontal(
+    table: Sequence[Mapping[str, Any]], path: str | Path, metrics: Sequence[str], title: str
+) -> Path:
+    """:func:`comparison_plot` for many rows: one horizontal bar per method and panel."""
+    labels = [str(r["method"]) + (f" (n={r['n']})" if "n" in r else "") for r in table]
+    y = np.arange(len(table))
+    fig = _new_figure(0.5 + _label_width(labels) + 2.6 * len(metrics), _row_height(len(table)))
+    axes = np.atleast_1d(fig.subplots(1, len(metrics), sharey=True))
+    for ax, m in zip(axes, metrics, strict=True):
+        mean, std = _mean_std(table, m)
+        _stripes(ax, len(table))
+        ax.barh(y, mean, height=0.7, color="tab:blue", alpha=0.8, edgecolor="black", linewidth=0.4)
+        spread = std > 0  # ensembles (one ensemble, no sd) and single seeds: no error bar
+        ax.errorbar(
+            mean[spread],
+            y[spread],
+            xerr=std[spread],
+            fmt="none",
+            ecolor="black",
+            elinewidth=0.8,
+            capsize=2,
+        )
+        for yi, (mu, sd) in enumerate(zip(mean, std, strict=True)):
+            if np.isfinite(mu):
+                ax.annotate(
+                    f"{mu:.3g}",
+                    (mu + sd, yi),
+                    textcoords="offset points",
+                    xytext=(2, 0),
+                    ha="left",
+                    va="center",
+                    fontsize=6,
+                )
+        zoomed = _set_comparison_lim(ax, mean, std, axis="x")
+        lo, hi = ax.get_xlim()
+        ax.set_xlim(lo, hi + 0.12 * (hi - lo))  # room for the value printed after each bar
+        ax.set_xlabel(_label(m), fontsize=8)
+        ax.set_title(m + (" (x axis does not start at 0)" if zoomed else ""), fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(y, labels)
+    fig.suptitle(f"{title} (mean ± std over seeds)", fontsize=10)
+    return _save(fig, path)
+
+
+def _set_comparison_lim(
+    ax: Axes, mean: np.ndarray, std: np.ndarray, axis: Literal["x", "y"] = "y"
+) -> bool:
+    """Start the value axis at 0 unless all bars are long compared with their spread; True if
+    zoomed in. ``axis``: the value axis (``y`` for vertical bars, ``x`` for horizontal)."""
     finite = np.isfinite(mean)
     if not finite.any():
         return False
-    ax.ticklabel_format(axis="y", useOffset=False)  # never "1e-13+4.375e1"
+    set_lim = ax.set_ylim if axis == "y" else ax.set_xlim
+    ax.ticklabel_format(axis=axis, useOffset=False)  # never "1e-13+4.375e1"
     lo, hi = np.min((mean - std)[finite]), np.max((mean + std)[finite])
     if hi - lo <= 1e-9 * max(abs(lo), abs(hi), 1.0):  # all bars equal: show them from 0
         ref = abs(hi) if abs(hi) > 1e-12 else 1.0
-        ax.set_ylim(min(0.0, lo - 0.15 * ref), max(0.0, hi + 0.15 * ref))
+        set_lim(min(0.0, lo - 0.15 * ref), max(0.0, hi + 0.15 * ref))
         return False
     span = hi - lo
     zoom = lo > 2 * span
-    ax.set_ylim(lo - 0.5 * span if zoom else min(0.0, lo - 0.1 * span), hi + 0.15 * span)
+    set_lim(lo - 0.5 * span if zoom else min(0.0, lo - 0.1 * span), hi + 0.15 * span)
     return bool(zoom)
+
+
+# ----------------------------------------------------------------------------- forest plot
+
+#: Metrics where a larger value is better (the direction of "better" in the forest plot).
+HIGHER_IS_BETTER = {"acc", "f1", "mcc", "pearson", "spearman", "auroc", "aupr"}
+#: How far from 0 a CI bound must be to count as excluding it (display units).
+_ZERO_TOL = 1e-9
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _num(x: Any) -> float:
+    return float(x) if _finite(x) else math.nan
+
+
+@dataclass(frozen=True)
+class ForestPanel:
+    """One metric of a forest plot, per row in display units (percent for ``acc``/``ece``):
+    ``value`` the difference to the reference row (NaN: not drawn; 0 on the reference row
+    itself), ``low``/``high`` its CI (NaN: no error bar), ``excludes_zero`` whether that CI
+    excludes 0 (False without a CI)."""
+
+    metric: str
+    value: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    excludes_zero: np.ndarray
+
+
+@dataclass(frozen=True)
+class ForestData:
+    """What :func:`forest_plot` draws: one line per row of the table, top to bottom.
+
+    ``labels``: ``<method> · <members> member(s)``; ``reference``: the index of the reference
+    row (None if it is not among the rows); ``panels``: the differences per metric;
+    ``ood``/``ood_std``: the OOD AUROC point estimate and its sd over seeds (NaN where none).
+    """
+
+    labels: list[str]
+    reference: int | None
+    reference_method: str | None
+    panels: list[ForestPanel]
+    ood: np.ndarray
+    ood_std: np.ndarray
+
+
+def _members(row: Mapping[str, Any]) -> str:
+    m = row.get("members")
+    if not _finite(m):
+        return str(row["method"])
+    return f"{row['method']} · {m:g} member{'' if m == 1 else 's'}"
+
+
+def forest_data(
+    table: Sequence[Mapping[str, Any]],
+    metrics: Sequence[str] = ("nll", "ece", "acc"),
+    reference: str | None = None,
+    point_differences: bool = False,
+    ood_key: str = "ood_auroc_entropy",
+) -> ForestData:
+    """The numbers of :func:`forest_plot`, from report rows (``reporting.rows``), without drawing.
+
+    Per row and metric ``m``: the paired difference to the reference row ``m_delta_mean`` with
+    its CI ``m_delta_ci_low`` / ``m_delta_ci_high`` (scaled to display units). ``reference``
+    is the reference row's method (default: the rows' ``delta_vs``); that row is drawn at 0
+    without an error bar. A row without ``m_delta_mean`` (no paired CI: e.g. a test set unlike
+    the reference's) gets NaN: no marker. With ``point_differences`` (regression tasks, which get
+    no CI), such a row gets the difference of the point estimates ``m_mean`` to the reference's
+    instead, still without a CI.
+    """
+    if reference is None:
+        reference = next((str(r["delta_vs"]) for r in table if r.get("delta_vs")), None)
+    ref_at = next((i for i, r in enumerate(table) if r["method"] == reference), None)
+    ref_row = table[ref_at] if ref_at is not None else None
+    panels = []
+    for m in metrics:
+        s = _scale(m)
+        value, low, high = (np.full(len(table), np.nan) for _ in range(3))
+        for i, r in enumerate(table):
+            if i == ref_at:
+                value[i] = 0.0
+            elif _finite(r.get(f"{m}_delta_mean")):
+                value[i] = float(r[f"{m}_delta_mean"]) * s
+                low[i] = _num(r.get(f"{m}_delta_ci_low")) * s
+                high[i] = _num(r.get(f"{m}_delta_ci_high")) * s
+            elif point_differences and ref_row is not None:
+                value[i] = (_num(r.get(f"{m}_mean")) - _num(ref_row.get(f"{m}_mean"))) * s
+        with np.errstate(invalid="ignore"):
+            excludes = (low > _ZERO_TOL) | (high < -_ZERO_TOL)
+        panels.append(ForestPanel(m, value, low, high, excludes))
+    return ForestData(
+        labels=[_members(r) for r in table],
+        reference=ref_at,
+        reference_method=reference,
+        panels=panels,
+        ood=np.array([_num(r.get(f"{ood_key}_mean")) for r in table]),
+        ood_std=np.array([_num(r.get(f"{ood_key}_std")) for r in table]),
+    )
+
+
+_BETTER, _WORSE, _UNSURE = "tab:blue", "tab:red", "0.3"
+
+
+def _draw_differences(ax: Axes, panel: ForestPanel, reference: int | None) -> None:
+    """Points with CI bars: filled (blue better, red worse) where the CI excludes 0, hollow
+    where it includes 0 or there is none; the reference row a black diamond at 0."""
+    y = np.arange(len(panel.value))
+    drawn = np.isfinite(panel.value)
+    ci = drawn & np.isfinite(panel.low) & np.isfinite(panel.high)
+    ax.hlines(y[ci], panel.low[ci], panel.high[ci], color="0.35", linewidth=1.1, zorder=2)
+    ax.scatter(panel.low[ci], y[ci], marker="|", s=18, color="0.35", linewidths=0.9, zorder=2)
+    ax.scatter(panel.high[ci], y[ci], marker="|", s=18, color="0.35", linewidths=0.9, zorder=2)
+    sign = -1.0 if panel.metric in HIGHER_IS_BETTER else 1.0
+    better = panel.excludes_zero & (sign * panel.value < 0)
+    worse = panel.excludes_zero & (sign * panel.value > 0)
+    plain = drawn & ~panel.excludes_zero
+    if reference is not None:
+        plain[reference] = False
+        ax.scatter([0.0], [reference], marker="D", s=26, color="black", zorder=4)
+    for sel, color in ((better, _BETTER), (worse, _WORSE)):
+        ax.scatter(panel.value[sel], y[sel], marker="o", s=26, color=color, zorder=3)
+    ax.scatter(
+        panel.value[plain],
+        y[plain],
+        marker="o",
+        s=26,
+        facecolors="white",
+        edgecolors=_UNSURE,
+        linewidths=1.0,
+        zorder=3,
+    )
+    ax.axvline(0.0, color="black", linewidth=0.8, zorder=1)
+    lo, hi = forest_xlim(panel)
+    ax.set_xlim(lo, hi)
+    ax.ticklabel_format(axis="x", useOffset=False)
+    for i in np.flatnonzero(~drawn):
+        ax.annotate(
+            "no paired CI",
+            (0.0, i),
+            textcoords="offset points",
+            xytext=(4, 0),
+            va="center",
+            fontsize=6,
+            color="0.45",
+            style="italic",
+        )
+    inside = drawn & (panel.value >= lo) & (panel.value <= hi)
+    for beyond, edge, marker in (
+        (ci & inside & (panel.high > hi), hi - 0.008 * (hi - lo), ">"),
+        (ci & inside & (panel.low < lo), lo + 0.008 * (hi - lo), "<"),
+    ):  # a CI running on past the edge ends in an arrowhead there
+        ax.scatter(np.full(beyond.sum(), edge), y[beyond], marker=marker, s=14, color="0.35")
+    colors = np.where(better, _BETTER, np.where(worse, _WORSE, _UNSURE))
+    for i in np.flatnonzero(drawn & ((panel.value < lo) | (panel.value > hi))):
+        right = bool(panel.value[i] > hi)
+        edge = hi - 0.012 * (hi - lo) if right else lo + 0.012 * (hi - lo)
+        ax.scatter([edge], [i], marker=">" if right else "<", s=30, color=str(colors[i]), zorder=4)
+        ax.annotate(
+            f"{panel.value[i]:+.3g}",
+            (edge, i),
+            textcoords="offset points",
+            xytext=(-5, 0) if right else (5, 0),
+            ha="right" if right else "left",
+            va="center",
+            fontsize=6,
+            bbox={"boxstyle": "square,pad=0.1", "facecolor": "white", "edgecolor": "none"},
+            zorder=5,
+        )
+
+
+def forest_xlim(panel: ForestPanel, clip: float = 5.0) -> tuple[float, float]:
+    """The x range of a difference panel: 0 and every row's point and CI, padded, except rows
+    reaching more than ``clip`` times as far from 0 as the 75th percentile of the rows' reach
+    (with 4 or more rows): these are drawn off scale (an arrow at the edge with the value
+    printed), so that one outlier does not squash every other row's interval to a dot."""
+    ends = np.vstack([panel.value, panel.low, panel.high])
+    finite = np.isfinite(ends)
+    reach = np.where(finite, np.abs(ends), 0.0).max(axis=0)
+    drawn = np.isfinite(panel.value) & (reach > 0)
+    keep = np.isfinite(panel.value)
+    if drawn.sum() >= 4:
+        limit = clip * float(np.percentile(reach[drawn], 75))
+        if limit > 0:
+            keep &= reach <= limit
+    shown = ends[:, keep][finite[:, keep]]
+    lo, hi = min(0.0, float(shown.min(initial=0.0))), max(0.0, float(shown.max(initial=0.0)))
+    pad = 0.06 * (hi - lo) if hi > lo else 1.0
+    return lo - pad, hi + pad
+
+
+def _pad_xlim(ax: Axes, values: np.ndarray) -> None:
+    v = values[np.isfinite(values)]
+    lo, hi = float(v.min()), float(v.max())
+    pad = 0.06 * (hi - lo) if hi > lo else max(abs(hi), 1e-3)
+    ax.set_xlim(lo - pad, hi + pad)
+    ax.ticklabel_format(axis="x", useOffset=False)
+
+
+def _draw_ood(ax: Axes, data: ForestData) -> None:
+    y = np.arange(len(data.ood))
+    has = np.isfinite(data.ood)
+    sd = np.where(np.isfinite(data.ood_std), data.ood_std, 0.0)
+    spread = has & (sd > 0)  # no sd (one seed, an ensemble): no bar
+    ax.errorbar(
+        data.ood[spread],
+        y[spread],
+        xerr=sd[spread],
+        fmt="none",
+        ecolor="0.35",
+        elinewidth=1.1,
+        capsize=2,
+        zorder=2,
+    )
+    mine = has.copy()
+    if data.reference is not None and has[data.reference]:
+        mine[data.reference] = False
+        ax.scatter(
+            [data.ood[data.reference]], [data.reference], marker="D", s=26, color="black", zorder=4
+        )
+        ax.axvline(data.ood[data.reference], color="black", linewidth=0.8, linestyle=":")
+    ax.scatter(data.ood[mine], y[mine], marker="s", s=22, color="tab:purple", zorder=3)
+    ax.axvline(0.5, color="0.5", linewidth=0.8, linestyle="--", zorder=1)
+    _pad_xlim(ax, np.concatenate([[0.5], data.ood - sd, data.ood + sd]))
+
+
+def _off_scale(panel: ForestPanel) -> bool:
+    """Whether a point or a CI of the panel runs past its x range."""
+    lo, hi = forest_xlim(panel)
+    ends = np.vstack([panel.value, panel.low, panel.high])
+    ends = ends[np.isfinite(ends)]
+    return bool(((ends < lo) | (ends > hi)).any())
+
+
+def _key(marker: str, color: str, hollow: bool = False, size: float = 5) -> Line2D:
+    """A legend handle: one marker, no line."""
+    face = "white" if hollow else color
+    return Line2D(
+        [], [], marker=marker, color=color, markerfacecolor=face, linestyle="none", markersize=size
+    )
+
+
+def _forest_legend(fig: Figure, data: ForestData, level: float) -> None:
+    ref = data.reference_method or "reference"
+    entries = [
+        (_key("o", _BETTER), f"{level:.0%} CI excludes 0, better than {ref}"),
+        (_key("o", _WORSE), f"{level:.0%} CI excludes 0, worse than {ref}"),
+        (_key("o", _UNSURE, hollow=True), "CI includes 0 (or no CI)"),
+    ]
+    if data.reference is not None:
+        entries.append((_key("D", "black", size=4), ref))
+    if any(_off_scale(p) for p in data.panels):
+        entries.append((_key(">", _UNSURE), "off scale (a point: its difference printed)"))
+    if np.isfinite(data.ood).any():
+        entries.append((_key("s", "tab:purple", size=4), "OOD AUROC (± sd over seeds)"))
+    fig.legend(
+        [h for h, _ in entries],
+        [t for _, t in entries],
+        loc="outside lower center",
+        ncols=min(3, len(entries)),
+        fontsize=7,
+    )
+
+
+def forest_plot(
+    table: Sequence[Mapping[str, Any]],
+    path: str | Path,
+    metrics: Sequence[str] = ("nll", "ece", "acc"),
+    title: str = "Difference to the reference",
+    reference: str | None = None,
+    point_differences: bool = False,
+    level: float = 0.95,
+    ood_key: str = "ood_auroc_entropy",
+) -> Path:
+    """One line per row, one panel per metric: each row's difference to the reference row with
+    its paired bootstrap CI (the numbers of :func:`forest_data`), a vertical line at 0; a last
+    panel with the OOD AUROC (``ood_key``, ± its sd over seeds) where any row has one.
+
+    Filled markers: the CI excludes 0 (blue: better than the reference, red: worse); hollow:
+    it includes 0, or the row has no CI (regression rows with ``point_differences``). The
+    reference row is a black diamond at 0. A row without a difference has no marker in that
+    panel. Accuracy and ECE differences are in percentage points. The figure grows with the rows
+    (0.2 inch each), so 35 rows stay legible.
+    """
+    data = forest_data(table, metrics, reference, point_differences, ood_key)
+    has_ood = bool(np.isfinite(data.ood).any())
+    n_panels = len(data.panels) + int(has_ood)
+    if n_panels == 0:
+        raise ValueError("forest_plot: no metric and no OOD AUROC to draw")
+    n = len(table)
+    fig = _new_figure(0.5 + _label_width(data.labels) + 2.4 * n_panels, _row_height(n) + 0.3)
+    axes = np.atleast_1d(fig.subplots(1, n_panels, sharey=True))
+    ref = data.reference_method or "reference"
+    for ax, panel in zip(axes, data.panels, strict=False):
+        _stripes(ax, n)
+        _draw_differences(ax, panel, data.reference)
+        arrow = "better →" if panel.metric in HIGHER_IS_BETTER else "← better"
+        unit = ", points" if _scale(panel.metric) != 1 else ""
+        ax.set_title(f"Δ {panel.metric}{unit} ({arrow})", fontsize=9)
+        ax.set_xlabel(f"{_label(panel.metric)}: row − {ref}", fontsize=8)
+    if has_ood:
+        ax = axes[-1]
+        _stripes(ax, n)
+        _draw_ood(ax, data)
+        ax.set_title("OOD AUROC (better →)", fontsize=9)
+        ax.set_xlabel(f"AUROC by entropy (dashed: chance; dotted: {ref})", fontsize=8)
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10]))  # apart
+        ax.tick_params(labelsize=7)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(np.arange(n), data.labels)
+    _forest_legend(fig, data, level)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
