@@ -7,7 +7,8 @@ several folders, ``out_dir=``, ``plots=false``, ``bootstrap.resamples=``,
 Finds every run folder (``manifest.json`` + ``metrics.json``) and every ``evaluate`` output
 under the given folders, groups runs whose saved ``config.yaml`` agree on everything but the seed
 (and paths), and writes ``report.md``, ``report.csv``, ``chains.csv``, ``cycles.csv`` (cyclical
-chains), ``report.json`` plus comparison and trace plots. Per model and task:
+chains), ``report.json`` plus comparison, forest (``delta_<model>_<task>.png``: each row's paired
+difference to MAP with its CI) and trace plots. Per model and task:
 
 * a results table (:mod:`bayesian_lora.reporting.rows`): each configuration over seeds (Laplace
   fits too: ``python -m bayesian_lora.laplace`` evaluates its draws at the end); the deep
@@ -72,7 +73,7 @@ from bayesian_lora.reporting.discovery import (
     load_run,
     unfinished_run_folders,
 )
-from bayesian_lora.reporting.rows import RowContext, table_rows
+from bayesian_lora.reporting.rows import RowContext, reference_rows, table_rows
 from bayesian_lora.reporting.shift import (
     shift_csv_frame,
     shift_markdown,
@@ -235,7 +236,7 @@ def build_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     for d in diags:  # each sampler group's chains as an ArviZ InferenceData (netCDF)
         d["inference_data"] = write_diagnostics_data(out_dir, d, _diag_prefix(d))
-    figures = write_plots(out_dir, rows, diags) if plots else []
+    figures = write_plots(out_dir, rows, diags, boot.level) if plots else []
     report = {
         "folders": [str(f) for f in folders],
         "num_runs": len(runs),
@@ -320,13 +321,66 @@ def best_rows(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return out
 
 
+def forest_line(plots: Sequence[str], model: str, task: str, level: float) -> list[str]:
+    """Under a task's table: the file name of its forest plot, where one was written."""
+    name = forest_name(model, task)
+    if name not in plots:
+        return []
+    if get_task(task).is_regression:
+        what = "RMSE and NLL minus the MAP row's (point estimates: regression gets no CI)"
+    else:
+        what = f"the difference to the MAP row with its {level:.0%} paired CI (filled: excludes 0)"
+    return [f"- Forest plot [{name}]({name}): per row {what}; the OOD AUROC (entropy) where known."]
+
+
 def _diag_prefix(d: Mapping[str, Any]) -> str:
     return f"{slug(d['model'])}_{slug(d['task'])}_{slug(d['method'])}_"
 
 
+def forest_name(model: str, task: str) -> str:
+    """The file name of a task's forest plot of differences to its MAP row."""
+    return f"delta_{slug(model)}_{slug(task)}.png"
+
+
+def write_forest_plot(
+    out_dir: Path, model: str, task: str, sub: Sequence[Mapping[str, Any]], level: float = 0.95
+) -> Path | None:
+    """``delta_<model>_<task>.png``: each row's paired difference to the task's MAP row with its
+    bootstrap CI (NLL, ECE, accuracy; regression: RMSE and NLL as differences of the point
+    estimates, which have no CI) and the OOD AUROC by entropy; None where there is nothing to
+    draw (no MAP row, no difference and no AUROC)."""
+    ref = reference_rows(sub).get((model, task))
+    regression = get_task(task).is_regression
+    if ref is None:
+        return None
+    if regression:
+        metrics = tuple(m for m in ("rmse", "nll") if any(f"{m}_mean" in r for r in sub))
+    else:
+        metrics = tuple(
+            m for m in ("nll", "ece", "acc") if any(f"{m}_delta_mean" in r for r in sub)
+        )
+    if not metrics and not any("ood_auroc_entropy_mean" in r for r in sub):
+        return None
+    title = f"{model} on {task}: each row minus {ref['method']}"
+    return P.forest_plot(
+        sub,
+        out_dir / forest_name(model, task),
+        metrics,
+        title=title,
+        reference=str(ref["method"]),
+        point_differences=regression,
+        level=level,
+    )
+
+
 def write_plots(
-    out_dir: Path, rows: Sequence[Mapping[str, Any]], diags: Sequence[Mapping[str, Any]]
+    out_dir: Path,
+    rows: Sequence[Mapping[str, Any]],
+    diags: Sequence[Mapping[str, Any]],
+    level: float = 0.95,
 ) -> list[Path]:
+    """Per task the comparison plot (bars, mean ± sd over seeds) and the forest plot of
+    differences to MAP (:func:`write_forest_plot`); the diagnostic plots of each sampler group."""
     paths = []
     for (model, task), sub in _by_task(rows).items():
         regression = get_task(task).is_regression
@@ -335,6 +389,8 @@ def write_plots(
         if metrics:
             path = out_dir / f"comparison_{slug(model)}_{slug(task)}.png"
             paths.append(P.comparison_plot(sub, path, metrics, title=f"{model} on {task}"))
+        forest = write_forest_plot(out_dir, model, task, sub, level)
+        paths += [forest] if forest else []
     for d in diags:
         paths += write_diagnostic_plots(out_dir, d, _diag_prefix(d))
     return paths
@@ -375,6 +431,7 @@ def markdown_report(
     names = report["trace_summaries"]
     for (model, task), sub in _by_task(rows).items():
         parts += [f"## {model} on {task}", markdown_table(sub), *best_rows(sub), *ood_line(sub)]
+        parts += forest_line(report["plots"], model, task, boot["level"])
         if (model, task) in chains:
             parts += [
                 f"### Chains of {model} on {task}: within-chain diagnostics",

@@ -186,7 +186,7 @@ def test_sampler_chains_are_diagnosed_and_flagged(report: dict[str, Any], sweep:
     assert trace["n_chains"] == 2 and {"u", "nll"} <= set(trace["summaries"])
     assert trace["summaries"]["u"]["n_draws"] > diag["summaries"]["LoRA norm"]["n_draws"]
     assert "Per-step traces" in text and "per-step traces: " in text
-    for png in ("comparison_tiny_mrpc.png", "tiny_mrpc_sgld_trace.png"):
+    for png in ("comparison_tiny_mrpc.png", "delta_tiny_mrpc.png", "tiny_mrpc_sgld_trace.png"):
         assert (sweep / png).read_bytes()[:4] == b"\x89PNG"
 
 

@@ -630,14 +630,21 @@ def table_rows(
     return rows, notes
 
 
+def reference_rows(rows: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], Mapping[str, Any]]:
+    """Per (model, task), the row the differences are taken against: its first MAP row over
+    seeds (``kind`` single, sampler MAP)."""
+    refs: dict[tuple[str, str], Mapping[str, Any]] = {}
+    for row in rows:
+        if row.get("kind") == "single" and row.get("sampler") == MAP:
+            refs.setdefault((str(row["model"]), str(row["task"])), row)
+    return refs
+
+
 def paired_deltas(rows: Sequence[dict[str, Any]], ctx: RowContext) -> None:
     """Each row minus its task's first MAP row (the single model over seeds), per metric, with
     the CI of the difference on the same resamples (``<metric>_delta_mean`` / ``_ci_low`` /
     ``_ci_high``; ``delta_vs`` names the reference)."""
-    refs: dict[tuple[str, str], Mapping[str, Any]] = {}
-    for row in rows:
-        if row.get("kind") == "single" and row.get("sampler") == MAP:
-            refs.setdefault((row["model"], row["task"]), row)
+    refs = reference_rows(rows)
     for row in rows:
         ref = refs.get((row["model"], row["task"]))
         if ref is None or ref is row:
