@@ -94,6 +94,7 @@ def test_a_chain_prints_its_status_lines_and_no_epoch_bar(
         "done",
     ]
     assert lines[-1].split(" | ")[3] == "kept 3/3"
-    assert " | T 1" in lines[2] and " | T " not in lines[0]  # the sampler's T, not AdamW's
+    temperature = f" | T {cfg.sampler.temperature:g} | "  # the sampler's T, not AdamW's
+    assert temperature in lines[2] and " | T " not in lines[0]
     assert "eta" in lines[0] and "eta" not in lines[-1]
     assert "Epoch" not in capfd.readouterr().err  # Lightning's epoch bar ("Epoch 0/-2") is off
