@@ -297,7 +297,11 @@ def test_the_whole_trace_or_from_the_first_kept_sample(tmp_path: Path) -> None:
     assert whole["n_draws"] == 60 and whole["stationary"] is False and "u" in whole["drifting"]
     (kept,) = chain_rows(group, trace_from="first_kept")
     assert kept["n_draws"] == 30 and kept["stationary"] is None
-    assert "1 not checked" in config_verdict([kept])
+    verdict = config_verdict([kept])
+    assert verdict.startswith("stationarity not checked at T=1: 1 chain with fewer than 40")
+    assert "0/" not in verdict  # none checked is not "0/1 stationary"
+    partly = config_verdict([whole, kept])
+    assert partly.startswith("0/1 checked chains stationary") and "; 1 not checked" in partly
 
 
 def test_the_same_seed_twice_in_one_config_is_noted(sweep: dict[str, Any], tmp_path: Path) -> None:

@@ -216,7 +216,15 @@ def config_verdict(chains: Sequence[Mapping[str, Any]]) -> str:
         stats.append(f"max |Geweke z| {max(zs):.1f} vs {first['stationarity_z']:g}")
     if ess:
         stats.append(f"min within-chain bulk ESS {min(ess):.0f}")
-    text = f"{len(good)}/{len(chains)} chains stationary{at}"
+    unchecked = len(chains) - len(checked)
+    if not checked:  # "0/3 chains stationary" would read as three failures
+        text = (
+            f"stationarity not checked{at}: {len(chains)} chain"
+            f"{'' if len(chains) == 1 else 's'} with fewer than {MIN_STATIONARITY_DRAWS} traced "
+            "steps"
+        )
+        return text + (f" (min within-chain bulk ESS {min(ess):.0f})" if ess else "")
+    text = f"{len(good)}/{len(checked)} {'checked ' if unchecked else ''}chains stationary{at}"
     if stats:
         text += f" ({', '.join(stats)})"
     drifting = [
@@ -224,7 +232,6 @@ def config_verdict(chains: Sequence[Mapping[str, Any]]) -> str:
     ]
     if drifting:
         text += "; drifting: " + "; ".join(drifting)
-    unchecked = len(chains) - len(checked)
     if unchecked:
         text += f"; {unchecked} not checked (fewer than {MIN_STATIONARITY_DRAWS} traced steps)"
     return text
