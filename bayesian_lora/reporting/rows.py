@@ -347,9 +347,7 @@ def _arrays(
             return None, f"{what} of {group.label} skipped: no predictions in {run.path.name}"
         arrays.append(a)
     labels = arrays[0]["labels"]
-    if any(
-        a["labels"].shape != labels.shape or not np.array_equal(a["labels"], labels) for a in arrays
-    ):
+    if not all(np.array_equal(a["labels"], labels) for a in arrays):  # shapes compared too
         return None, f"{what} of {group.label} skipped: the runs' test sets differ"
     return arrays, None
 

@@ -259,6 +259,16 @@ def _n_examples(e: EvalFolder, task: str) -> int:
     return int(e.result["shift"]["tasks"][task].get("n", 0))
 
 
+def _saved_shift(ctx: RowContext, e: EvalFolder, task: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """An evaluation's saved ``shift_<task>_predictions`` ([members, n, classes]) and
+    ``shift_<task>_labels``; None where its predictions file lacks them."""
+    a = ctx.predictions(e.path)
+    key = f"shift_{task}_predictions"
+    if a is None or key not in a or f"shift_{task}_labels" not in a:
+        return None
+    return a[key], a[f"shift_{task}_labels"]
+
+
 def _name(path: Path) -> str:
     """An evaluation folder as ``<run>/<folder>`` (a run's own evaluation is ``evaluation``)."""
     return f"{path.parent.name}/{path.name}"
@@ -300,12 +310,13 @@ def _task_row(
     predictions, their mean (± sd over seeds) and the bootstrap CI of that mean."""
     probs, ys, metrics, seeds, paths = [], [], [], [], []
     for i, e in picks:
-        a = ctx.predictions(e.path)
-        key = f"shift_{task}_predictions"
-        if a is None or key not in a or f"shift_{task}_labels" not in a:
-            notes.append(f"{e.path.name}: no saved {key} (metrics.json alone gives no CI)")
+        saved_shift = _saved_shift(ctx, e, task)
+        if saved_shift is None:
+            notes.append(
+                f"{e.path.name}: no saved shift_{task}_predictions (metrics.json alone gives no CI)"
+            )
             continue
-        preds, y = a[key], a[f"shift_{task}_labels"]
+        preds, y = saved_shift
         m = ensemble_metrics(preds, y, metric)
         saved = e.result["shift"]["tasks"][task]
         off = [k for k in SHIFT_METRICS if k in saved and abs(m[k] - float(saved[k])) > TOLERANCE]
@@ -353,28 +364,28 @@ def _combined_row(
         return None
     chosen = [e for e in picks if e is not None]
     key = f"shift_{task}_predictions"
-    arrays = []
+    saved: list[tuple[np.ndarray, np.ndarray]] = []
     for e in chosen:
-        a = ctx.predictions(e.path)
-        if a is None or key not in a or f"shift_{task}_labels" not in a:
+        saved_shift = _saved_shift(ctx, e, task)
+        if saved_shift is None:
             notes.append(f"{what}: {_name(e.path)} has no saved {key}")
             return None
-        if a[key].shape[0] != e.num_members:
+        if saved_shift[0].shape[0] != e.num_members:
             notes.append(
-                f"{what}: {_name(e.path)} saved {a[key].shape[0]} members' {key}, not its "
-                f"{e.num_members}"
+                f"{what}: {_name(e.path)} saved {saved_shift[0].shape[0]} members' {key}, not "
+                f"its {e.num_members}"
             )
             return None
-        arrays.append(a)
-    ys = [a[f"shift_{task}_labels"] for a in arrays]
-    if any(y.shape != ys[0].shape or not np.array_equal(y, ys[0]) for y in ys):
+        saved.append(saved_shift)
+    ys = [y for _, y in saved]
+    if not all(np.array_equal(y, ys[0]) for y in ys):  # array_equal compares shapes too
         sizes = "/".join(str(len(y)) for y in ys)
         notes.append(f"{what}: they scored different examples ({sizes}; another ood_max_samples?)")
         return None
     preds = np.concatenate(
         [
-            a[key][np.asarray(s, dtype=np.int64)]
-            for a, s in zip(arrays, row["member_samples"], strict=True)
+            p[np.asarray(s, dtype=np.int64)]
+            for (p, _), s in zip(saved, row["member_samples"], strict=True)
         ]
     )
     paths = [str(e.path) for e in chosen]
@@ -425,11 +436,11 @@ def _with_ci(
     """The row's bootstrap CI of the mean over ``probs`` (one predictive per seed, or the
     ensemble's) on the shift task's resamples, paired with the other rows where the examples
     are theirs (the replicates kept for the paired difference to the MAP row)."""
-    if any(y.shape != ys[0].shape or not np.array_equal(y, ys[0]) for y in ys):
+    if not all(np.array_equal(y, ys[0]) for y in ys):  # array_equal compares shapes too
         notes.append(f"{row['method']} on {task}: its seeds' test sets differ: no CI")
         return out
     ref = labels.setdefault(task, ys[0])
-    paired = ref.shape == ys[0].shape and bool(np.array_equal(ref, ys[0]))
+    paired = bool(np.array_equal(ref, ys[0]))
     if not paired:
         notes.append(
             f"{row['method']} on {task}: its examples differ from the other rows' "
