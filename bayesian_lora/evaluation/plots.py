@@ -455,6 +455,28 @@ def _stripes(ax: Axes, n_rows: int) -> None:
     ax.tick_params(axis="y", length=0)
 
 
+def _sd_bars(
+    ax: Axes,
+    x: np.ndarray,
+    y: np.ndarray,
+    sd: np.ndarray,
+    color: str,
+    width: float,
+) -> None:
+    """Horizontal ± sd bars at (x, y) on the rows with a spread (sd > 0); none where there is no
+    sd (one seed, an ensemble). Layer: errorbar's default (zorder 2)."""
+    spread = np.isfinite(x) & (sd > 0)
+    ax.errorbar(
+        x[spread],
+        y[spread],
+        xerr=sd[spread],
+        fmt="none",
+        ecolor=color,
+        elinewidth=width,
+        capsize=2,
+    )
+
+
 def _comparison_horizontal(
     table: Sequence[Mapping[str, Any]], path: str | Path, metrics: Sequence[str], title: str
 ) -> Path:
@@ -467,16 +489,7 @@ def _comparison_horizontal(
         mean, std = _mean_std(table, m)
         _stripes(ax, len(table))
         ax.barh(y, mean, height=0.7, color="tab:blue", alpha=0.8, edgecolor="black", linewidth=0.4)
-        spread = std > 0  # ensembles (one ensemble, no sd) and single seeds: no error bar
-        ax.errorbar(
-            mean[spread],
-            y[spread],
-            xerr=std[spread],
-            fmt="none",
-            ecolor="black",
-            elinewidth=0.8,
-            capsize=2,
-        )
+        _sd_bars(ax, mean, y, std, "black", 0.8)
         for yi, (mu, sd) in enumerate(zip(mean, std, strict=True)):
             if np.isfinite(mu):
                 ax.annotate(
@@ -724,17 +737,7 @@ def _draw_ood(ax: Axes, data: ForestData) -> None:
     y = np.arange(len(data.ood))
     has = np.isfinite(data.ood)
     sd = np.where(np.isfinite(data.ood_std), data.ood_std, 0.0)
-    spread = has & (sd > 0)  # no sd (one seed, an ensemble): no bar
-    ax.errorbar(
-        data.ood[spread],
-        y[spread],
-        xerr=sd[spread],
-        fmt="none",
-        ecolor="0.35",
-        elinewidth=1.1,
-        capsize=2,
-        zorder=2,
-    )
+    _sd_bars(ax, data.ood, y, sd, "0.35", 1.1)
     mine = has.copy()
     if data.reference is not None and has[data.reference]:
         mine[data.reference] = False
