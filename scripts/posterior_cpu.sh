@@ -77,11 +77,12 @@ for stage in "${stages[@]}"; do
       [ -d "$r" ] && ev $r/evaluation_glm run_dir=$r predictive=glm glm_link=probit "${ood_arg[@]}" plots=false
     done ;;
   eval_pooled)  # OOD of the pooled ensembles: the last member of each seed's run (3 members,
-    # as the deep ensemble) for every method; all 30 members for the chains at T = 0.1
+    # as the deep ensemble) for every method; all 30 members for the chains at the chosen T
     for g in $S/{sgld,csgld,sam_sgld}_T* $S/swag $S/blob $S/laplace_kron; do
       [ -d "$g" ] && ev $g/evaluation_pooled_k3 "run_dirs=[$g/*_s?]" k=3 "${ood_arg[@]}" plots=false
     done
-    for g in $S/sgld_T0.1 $S/csgld_T0.1; do
+    T=$(chosen_T)
+    for g in $S/sgld_T$T $S/csgld_T$T; do
       [ -d "$g" ] && ev $g/evaluation_pooled_all "run_dirs=[$g/*_s?]" "${ood_arg[@]}" plots=false
     done ;;
   eta)  # the step size at the chosen T: SGLD seed 0 at eta 0.03 and 0.3 beside 0.1, validation only
